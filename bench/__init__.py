@@ -1,0 +1,1 @@
+"""vae-bench harness: configuration, data, training, metrics, results and reports."""

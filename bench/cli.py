@@ -1,0 +1,131 @@
+"""Thin argparse front: vae-bench run | evaluate | variants | datasets.
+
+Bad names or values end with a one-line error naming what is allowed, exit code 2, before any
+training; runtime failures exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from variants.base import ConfigError
+
+DEFAULT_RUNS = Path("results/runs")
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid; allowed: an integer >= 1")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import RunConfig, apply_overrides
+    from .runner import execute
+
+    overrides = {"variant": args.variant, "dataset": args.dataset, "seed": args.seed}
+    for flag, key in (("epochs", "train.epochs"), ("device", "device"), ("k", "eval.is_samples")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.deterministic:
+        overrides["deterministic"] = True
+    overrides.update(dict(args.set or []))
+    cfg = apply_overrides(RunConfig(), overrides)
+    from . import data
+
+    if cfg.dataset not in data.LOADERS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; allowed: {', '.join(data.LOADERS)}")
+    run_dir = execute(cfg, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
+    print(run_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .runner import evaluate_run
+
+    metrics = evaluate_run(Path(args.run_dir), args.k, args.data_dir)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from variants import REGISTRY
+
+    for name, cls in REGISTRY.items():
+        print(f"{name:10s} {cls.paper}")
+        for pname, p in cls.params.items():
+            print(f"    {pname:10s} default {p.default!r:8}  {p.allowed():24s} {p.doc}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import LOADERS, available_source, data_dir
+
+    root = data_dir(args.data_dir)
+    for name in LOADERS:
+        src = available_source(name, root)
+        state = f"available: {src}" if src else "not available offline (download when online)"
+        print(f"{name:16s} {state}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vae-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data directory (default $VAE_BENCH_DATA or "
+                   "~/.cache/vae-bench)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train and evaluate one model, write a run directory")
+    r.add_argument("--variant", default="vae")
+    r.add_argument("--dataset", default="digits")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--epochs", type=_positive_int)
+    r.add_argument("--k", type=_positive_int, help="importance samples for nll_is")
+    r.add_argument("--device", choices=("cpu", "cuda"))
+    r.add_argument("--deterministic", action="store_true")
+    r.add_argument("--set", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="config override (train.lr=3e-4, model.hidden=200,200, beta=4, ...)")
+    r.add_argument("--out", default=str(DEFAULT_RUNS), help="parent of the run directory")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("evaluate", help="reload a run's model and print its metrics as JSON")
+    e.add_argument("run_dir")
+    e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's)")
+    e.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser("variants", help="list variants and hyperparameters").set_defaults(
+        func=cmd_variants)
+    sub.add_parser("datasets", help="list datasets and where they load from").set_defaults(
+        func=cmd_datasets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"vae-bench: error: {e}", file=sys.stderr)
+        return 2
+    except FileExistsError as e:
+        print(f"vae-bench: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Run configuration: frozen dataclasses, one documented default per field, defined once here.
+
+A run is fully described by its *resolved* ``RunConfig`` (dataset-dependent defaults filled in);
+``run_id`` is the hash of that resolved config, so two runs with the same id are the same run.
+Overrides use ``section.field=value`` (``train.epochs=5``), the bare field name when it is
+unambiguous (``epochs=5``), or a hyperparameter of the variant (``beta=4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from variants import create as create_variant
+from variants.base import ConfigError, Param
+
+SUITE_VERSION = "1"  # bump when numbers legitimately change (estimator, protocol, defaults)
+
+
+def fld(default: Any, doc: str, **bounds: Any) -> Any:
+    """A dataclass field whose metadata validates overrides (see ``variants.base.Param``)."""
+    return field(default=default, metadata={"param": Param(default, doc, **bounds), "doc": doc})
+
+
+def widths(default: tuple[int, ...] | None, doc: str) -> Any:
+    return field(default=default, metadata={"widths": True, "doc": doc})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = widths((200, 200), "encoder hidden widths (Burda et al. 2015: 2x200)")
+    decoder_hidden: tuple[int, ...] | None = widths(
+        None, "decoder hidden widths; unset: the dataset decides (mirror of the encoder, or none "
+        "for linear-gaussian, whose decoder is then exactly the linear Gaussian model)")
+    activation: str = fld("tanh", "hidden activation", choices=("tanh", "relu", "elu", "softplus"))
+    latent_dim: int = fld(0, "Gaussian latent size; 0: the dataset decides (50, or 5 for "
+                          "linear-gaussian); categorical variants set their own size", low=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = fld(10, "passes over the training split", low=1)
+    batch_size: int = fld(100, "minibatch size (Burda et al. 2015: 20; He et al. 2019: 100)", low=1)
+    lr: float = fld(1e-3, "Adam learning rate", low=0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    is_samples: int = fld(1000, "K, importance samples per test point for nll_is", low=1)
+    elbo_samples: int = fld(1, "L, samples per test point for the ELBO", low=1)
+    seed: int = fld(0, "seed of the evaluation noise, independent of the training seed", low=0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    variant: str = fld("vae", "registered variant name")
+    dataset: str = fld("digits", "dataset name")
+    seed: int = fld(0, "training seed: init, data order, binarization, training noise", low=0)
+    dtype: str = fld("float32", "parameter and data dtype", choices=("float32", "float64"))
+    device: str = fld("cpu", "torch device", choices=("cpu", "cuda"))
+    deterministic: bool = fld(False, "torch deterministic algorithms (recorded in env.json)")
+    hparams: dict = field(default_factory=dict, metadata={"doc": "variant hyperparameters"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = ("model", "train", "eval")
+
+
+def _parse_widths(key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        out = (-1,)
+    if any(w < 1 for w in out):
+        raise ConfigError(f"{key}={value!r} is invalid; allowed: comma-separated widths >= 1")
+    return out
+
+
+def _parse(section: Any, key: str, name: str, value: Any) -> Any:
+    meta = {f.name: f.metadata for f in dataclasses.fields(section)}[name]
+    if "widths" in meta:
+        return _parse_widths(key, value)
+    return meta["param"].parse("config", key, value)
+
+
+def _locate(key: str, variant_params: dict[str, Param]) -> tuple[str | None, str]:
+    """(section, field) of an override key; section None is top level, 'hparams' the variant."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        return section, name
+    if key in {f.name for f in dataclasses.fields(RunConfig)} - {"hparams", *SECTIONS}:
+        return None, key  # a top-level name wins over a section's field of the same name
+    owners = [s for s in SECTIONS if name_in(s, key)]
+    if key in variant_params:
+        owners.append("hparams")
+    if len(owners) > 1:
+        raise ConfigError(f"override {key!r} is ambiguous; write one of "
+                          + ", ".join(f"{o}.{key}" if o else key for o in owners))
+    if not owners:
+        raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(allowed_keys())}"
+                          + (f", variant hyperparameters {', '.join(variant_params)}"
+                             if variant_params else ""))
+    return owners[0], key
+
+
+def name_in(section: str, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(type(getattr(RunConfig(), section)))}
+
+
+def allowed_keys() -> list[str]:
+    top = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ("hparams", *SECTIONS)]
+    nested = [f"{s}.{f.name}" for s in SECTIONS
+              for f in dataclasses.fields(type(getattr(RunConfig(), s)))]
+    return top + nested
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A new config with ``key=value`` overrides validated and applied; ConfigError otherwise."""
+    if "variant" in overrides:
+        cfg = dataclasses.replace(cfg, variant=_parse(RunConfig, "variant", "variant",
+                                                      overrides["variant"]))
+    vparams = _variant_params(cfg.variant)
+    for key, value in overrides.items():
+        section, name = _locate(key, vparams)
+        if section == "hparams":
+            create_variant(cfg.variant, **{name: value})  # validates the value alone
+            cfg = dataclasses.replace(cfg, hparams={**cfg.hparams, name: value})
+        elif section is None:
+            cfg = dataclasses.replace(cfg, **{name: _parse(RunConfig, key, name, value)})
+        elif section in SECTIONS and name_in(section, name):
+            sub = getattr(cfg, section)
+            sub = dataclasses.replace(sub, **{name: _parse(type(sub), key, name, value)})
+            cfg = dataclasses.replace(cfg, **{section: sub})
+        else:
+            raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(allowed_keys())}")
+    return cfg
+
+
+def _variant_params(name: str) -> dict[str, Param]:
+    from variants import REGISTRY
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown variant {name!r}; allowed: {', '.join(REGISTRY)}")
+    return REGISTRY[name].params
+
+
+def resolve(cfg: RunConfig, dataset_defaults: dict[str, Any]) -> RunConfig:
+    """Fill dataset-dependent defaults and the variant's full hyperparameters (validated)."""
+    model = cfg.model
+    if model.decoder_hidden is None:
+        dec = dataset_defaults.get("decoder_hidden", tuple(model.hidden)[::-1])
+        model = dataclasses.replace(model, decoder_hidden=tuple(dec))
+    if model.latent_dim == 0:
+        model = dataclasses.replace(model, latent_dim=dataset_defaults.get("latent_dim", 50))
+    variant = create_variant(cfg.variant, **cfg.hparams)
+    return dataclasses.replace(cfg, model=model, hparams=dict(variant.hp))
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> RunConfig:
+    def tup(x: Any) -> Any:
+        return tuple(x) if isinstance(x, list) else x
+
+    model = ModelConfig(**{k: tup(v) for k, v in d["model"].items()})
+    top = {k: v for k, v in d.items() if k not in SECTIONS}
+    return RunConfig(**top, model=model, train=TrainConfig(**d["train"]),
+                     eval=EvalConfig(**d["eval"]))
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Hash of the resolved config (and the suite version): the identity of a run."""
+    blob = json.dumps({"suite_version": SUITE_VERSION, **to_dict(cfg)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

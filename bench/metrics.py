@@ -1,0 +1,154 @@
+"""Evaluation metrics: pure functions of a trained model and a test split (DESIGN.md section 3).
+
+Everything is per data point, in nats. A metric never asks which variant made the model: it gets
+what it needs from the posterior object (``variants.latents``) and from the model's likelihood.
+Each metric declares its direction (lm-eval's ``higher_is_better``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .seeding import generator
+
+IS_BLOCK = 100  # test points per importance-sampling block (fixes which noise each point gets)
+IS_CHUNK = 100  # samples per decoder call; memory is O(IS_BLOCK * IS_CHUNK), independent of K
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2: Cov_x(E_q[u|x]) > 10^-2
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    doc: str
+
+
+METRICS = {m.name: m for m in [
+    Metric("neg_elbo", False, "-ELBO, unmodified, analytic KL"),
+    Metric("recon", False, "-E_q log p(x|z)"),
+    Metric("kl", False, "KL(q(z|x) || p(z)) summed over units"),
+    Metric("nll_is", False, "-log p(x), importance sampled with K samples from q"),
+    Metric("ess", True, "mean normalized effective sample size of the IS weights"),
+    Metric("active_units", True, "units with Var_x E_q[z_u|x] > 0.01"),
+    Metric("mutual_info", True, "I_q(x; z) under the pooled aggregate posterior"),
+    Metric("nll_exact", False, "-log p(x) in closed form (where the model admits it)"),
+    Metric("is_gap", False, "nll_is - nll_exact, paired per point (the estimator's error)"),
+]}
+
+
+def mean_se(values: Tensor) -> tuple[float, float]:
+    """Mean and its standard error over data points."""
+    v = values.double()
+    return v.mean().item(), (v.std(unbiased=True) / math.sqrt(len(v))).item()
+
+
+@torch.no_grad()
+def encode(model, x: Tensor, batch: int = 2000):
+    """The posterior of the whole split, encoded once in batches."""
+    params = torch.cat([model.encoder(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return model.latent.posterior(params)
+
+
+@torch.no_grad()
+def elbo_terms(model, q, x: Tensor, samples: int, gen: torch.Generator) -> dict[str, float]:
+    """-ELBO = recon + KL per point: recon with L samples, KL analytic (never the objective)."""
+    recon = torch.cat([-model.log_likelihood(x[i:i + IS_BLOCK],
+                                             q.slice(i, i + IS_BLOCK).sample(samples, gen)).mean(0)
+                       for i in range(0, len(x), IS_BLOCK)])
+    kl_units = q.kl()
+    kl = kl_units.sum(-1)
+    out = {}
+    for name, v in (("neg_elbo", recon + kl), ("recon", recon), ("kl", kl)):
+        out[name], out[f"{name}_se"] = mean_se(v)
+    out["kl_per_dim"] = kl_units.double().mean(0).tolist()
+    return out
+
+
+@torch.no_grad()
+def is_log_weights(model, q, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """log w_ik = log p(x_i|z_ik) + log p(z_ik) - log q(z_ik|x_i), z_ik ~ q; shape (k, B), float64.
+
+    The encoder is not called: ``q`` is the posterior of ``x``, computed once. Samples are drawn in
+    chunks of IS_CHUNK so that each decoder call is one large matmul over chunk x points.
+    """
+    chunks = []
+    for start in range(0, k, IS_CHUNK):
+        z = q.sample(min(IS_CHUNK, k - start), gen)
+        log_w = model.log_likelihood(x, z) + q.prior_log_prob(z) - q.log_prob(z)
+        chunks.append(log_w.double())
+    return torch.cat(chunks)
+
+
+def nll_is_points(model, q, x: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Per point: -[logsumexp_k log w_ik - log K] and the normalized ESS (sum w)^2 / (K sum w^2).
+
+    One logsumexp over all K in float64 (Burda et al. 2016, eq. 8 used as an estimator). Point i's
+    noise depends only on (seed, block of i), never on the training seed or any batch size.
+    """
+    nll, ess = [], []
+    for block, i in enumerate(range(0, len(x), IS_BLOCK)):
+        gen = generator(seed, "nll_is", block, device=x.device)
+        log_w = is_log_weights(model, q.slice(i, i + IS_BLOCK), x[i:i + IS_BLOCK], k, gen)
+        nll.append(math.log(k) - torch.logsumexp(log_w, dim=0))
+        ess.append(1.0 / (torch.softmax(log_w, dim=0) ** 2).sum(0) / k)
+    return torch.cat(nll), torch.cat(ess)
+
+
+def nll_is(model, q, x: Tensor, k: int, seed: int) -> dict[str, float]:
+    """Mean IS negative log-likelihood, its standard error over points, and the mean ESS."""
+    nll, ess = nll_is_points(model, q, x, k, seed)
+    return {**dict(zip(("nll_is", "nll_is_se"), mean_se(nll), strict=True)),
+            "ess": ess.mean().item()}
+
+
+def active_units(q, threshold: float = ACTIVE_THRESHOLD) -> dict[str, float]:
+    """Units whose activity statistic varies over the split: Var_x summed over its classes > delta.
+
+    For a Gaussian unit the statistic is E_q[z_u|x]; for a categorical variable the vector of its
+    class probabilities (DESIGN.md section 3). Unbiased variance over the whole split.
+    """
+    var = q.activity().double().var(dim=0, unbiased=True).sum(-1)
+    return {"active_units": int((var > threshold).sum().item()), "unit_variance": var.tolist()}
+
+
+@torch.no_grad()
+def mutual_info(q, gen: torch.Generator, chunk: int = 256) -> dict[str, float]:
+    """I_q(x; z) = E_x E_q[log q(z|x)] - E_q[log qbar(z)], qbar = (1/N) sum_j q(z|x_j).
+
+    One z_i ~ q(z|x_i) per point; qbar is pooled over the whole split (not a minibatch, whose
+    estimate cannot exceed log(batch size)). Computed in float64.
+    """
+    n = len(q.activity())
+    terms = []
+    for i in range(0, n, chunk):
+        qi = q.slice(i, i + chunk)
+        z = qi.sample(1, gen)[0].double()
+        log_q_own = qi.log_prob(z)
+        log_q_all = q.pairwise_log_prob(z)  # (chunk, N)
+        terms.append(log_q_own - (torch.logsumexp(log_q_all, dim=1) - math.log(n)))
+    mi, se = mean_se(torch.cat(terms))
+    return {"mutual_info": mi, "mutual_info_se": se}
+
+
+@torch.no_grad()
+def evaluate(model, x: Tensor, is_samples: int = 1000, elbo_samples: int = 1,
+             seed: int = 0) -> dict:
+    """All metrics of ``model`` on ``x``; the noise of each metric comes from its own stream."""
+    model.eval()
+    q = encode(model, x)
+    out = elbo_terms(model, q, x, elbo_samples, generator(seed, "elbo", device=x.device))
+    nll, ess = nll_is_points(model, q, x, is_samples, seed)
+    out["nll_is"], out["nll_is_se"] = mean_se(nll)
+    out["ess"] = ess.mean().item()
+    out.update(active_units(q))
+    q64 = type(q)(*(t.double() for t in vars(q).values()))
+    out.update(mutual_info(q64, generator(seed, "mutual_info", device=x.device)))
+    log_px = model.exact_log_marginal(x)
+    if log_px is not None:  # the estimator's own error, paired point by point
+        out["nll_exact"], out["nll_exact_se"] = mean_se(-log_px)
+        out["is_gap"], out["is_gap_se"] = mean_se(nll + log_px)
+    return out

@@ -1,0 +1,86 @@
+"""Run directories: self-describing, written atomically, never overwritten.
+
+A run directory holds ``config.json``, ``metrics.json``, ``history.csv``, ``env.json`` and
+``model.pt`` (a state dict of tensors only). It is assembled in a temporary sibling and renamed
+into place in one step, so a directory that exists under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RUN_FILES = ("config.json", "metrics.json", "history.csv", "env.json", "model.pt")
+
+
+def environment(device: str, deterministic: dict, digests: dict) -> dict:
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "cuda_device": torch.cuda.get_device_name() if device == "cuda" else None,
+        "deterministic": deterministic,
+        "dataset_digests": digests,
+    }
+
+
+def history_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict], env: dict,
+              state_dict: dict | None) -> Path:
+    """Write a run directory atomically; an existing complete ``target`` is left untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise FileExistsError(f"{target} exists; run directories are never overwritten")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, obj in (("config.json", config), ("metrics.json", metrics), ("env.json", env)):
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        (tmp / "history.csv").write_text(history_csv(history))
+        if state_dict is not None:
+            torch.save(state_dict, tmp / "model.pt")
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.rename(tmp, target)  # atomic; fails if another writer got there first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

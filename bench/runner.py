@@ -1,0 +1,107 @@
+"""One run, end to end: config -> seed streams -> data -> model + variant -> fit -> evaluate ->
+run directory. The runner knows the Variant protocol and never a concrete variant."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from variants import create as create_variant
+from variants.base import ConfigError
+from variants.core import VAE
+
+from . import data as data_mod
+from .config import SUITE_VERSION, RunConfig, from_dict, resolve, run_id, to_dict
+from .metrics import evaluate
+from .results import environment, read_json, write_run
+from .seeding import Streams, derive, set_deterministic
+from .train import fit
+
+
+def check_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available here; allowed: cpu")
+    return torch.device(device)
+
+
+def build_model(cfg: RunConfig, dataset: data_mod.Dataset) -> tuple[VAE, object]:
+    """The model and variant of a resolved config, initialized from the seed's ``init`` stream."""
+    variant = create_variant(cfg.variant, **cfg.hparams)
+    m = cfg.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive(cfg.seed, "init"))
+        model = VAE(dataset.input_dim, variant.latent(m.latent_dim), hidden=m.hidden,
+                    decoder_hidden=m.decoder_hidden, activation=m.activation,
+                    likelihood=dataset.likelihood)
+    model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
+    return model, variant
+
+
+def run_name(cfg: RunConfig) -> str:
+    return f"{cfg.variant}-{cfg.dataset}-s{cfg.seed}-{run_id(cfg)}"
+
+
+def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
+            progress: bool = False) -> Path:
+    """Train and evaluate one run; return its directory (an existing finished one is reused)."""
+    check_device(cfg.device)
+    dataset = data_mod.load(cfg.dataset, data_dir)
+    cfg = resolve(cfg, dataset.model_defaults)
+    target = Path(out) / run_name(cfg)
+    if (target / "metrics.json").exists():
+        return target
+    deterministic = set_deterministic(cfg.deterministic)
+    model, variant = build_model(cfg, dataset)
+    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
+    result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
+                 epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                 streams=Streams.from_seed(cfg.seed, device),
+                 dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress)
+    metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
+               "diverged_step": result.diverged_step, "steps": result.steps,
+               "train_seconds": result.train_seconds,
+               "train_samples_per_s": result.steps * cfg.train.batch_size
+               / max(result.train_seconds, 1e-9)}
+    if result.status == "ok":
+        start = time.perf_counter()
+        metrics.update(evaluate(model, dataset.test.to(dtype=dtype, device=device),
+                                cfg.eval.is_samples, cfg.eval.elbo_samples, cfg.eval.seed))
+        metrics["eval_seconds"] = time.perf_counter() - start
+    elif result.history:
+        metrics["last_finite"] = result.history[-1]
+    env = environment(cfg.device, deterministic, dataset.digests)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,
+                     env=env, state_dict=state)
+
+
+def load_run(run_dir: Path, data_dir: str | None = None):
+    """(config, model, dataset) of a finished run; the weights are loaded with weights_only."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory; expected config.json and model.pt")
+    try:
+        cfg = from_dict(read_json(run_dir / "config.json"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{run_dir / 'config.json'}: not a vae-bench config ({e})") from None
+    dataset = data_mod.load(cfg.dataset, data_dir)
+    model, _ = build_model(cfg, dataset)
+    try:
+        state = torch.load(run_dir / "model.pt", map_location=cfg.device, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as e:  # pickle payloads, foreign checkpoints, shape mismatches
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{run_dir / 'model.pt'}: not a vae-bench state dict "
+                          f"loadable with weights_only=True ({first})") from None
+    return cfg, model, dataset
+
+
+def evaluate_run(run_dir: Path, is_samples: int | None = None,
+                 data_dir: str | None = None) -> dict:
+    cfg, model, dataset = load_run(run_dir, data_dir)
+    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
+    k = cfg.eval.is_samples if is_samples is None else is_samples
+    return evaluate(model, dataset.test.to(dtype=dtype, device=device), k,
+                    cfg.eval.elbo_samples, cfg.eval.seed)

@@ -1,0 +1,50 @@
+"""KL annealing: the KL weight w(step) in [0, 1] follows a schedule over the run.
+
+- ``linear``: w = step / (warmup * T), then 1 (the warm-up of Sønderby et al. 2016).
+- ``sigmoid``: a logistic ramp centred at half the warm-up (Bowman et al. 2016, section 3.1).
+- ``cyclical``: M cycles over the run; in each, w ramps linearly from 0 to 1 over the first
+  fraction R of the cycle and stays at 1 (Fu et al. 2019, NAACL, eq. 5; defaults M = 4, R = 0.5).
+
+The schedules are pure functions of the step; ``warmup = 0`` gives w = 1 throughout, i.e. `vae`.
+"""
+
+import math
+
+from . import register
+from .base import Param, Variant
+
+
+def linear(step: int, ramp_steps: float) -> float:
+    return 1.0 if step >= ramp_steps else step / ramp_steps
+
+
+def sigmoid(step: int, ramp_steps: float, steepness: float = 10.0) -> float:
+    """1 / (1 + exp(-s (step / ramp - 1/2))): 0.5 at half the ramp, ~0.007 at 0, ~0.993 at its end."""
+    if ramp_steps <= 0:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-steepness * (step / ramp_steps - 0.5)))
+
+
+def cyclical(step: int, total_steps: int, cycles: int, ratio: float) -> float:
+    period = total_steps / cycles
+    tau = (step % period) / period
+    return 1.0 if ratio == 0 or tau >= ratio else tau / ratio
+
+
+@register("kl-anneal")
+class KLAnnealing(Variant):
+    paper = "Bowman et al. 2016 (linear, sigmoid); Fu et al. 2019, NAACL (cyclical)"
+    params = {
+        "schedule": Param("linear", "shape of w(step)", choices=("linear", "sigmoid", "cyclical")),
+        "warmup": Param(0.5, "linear/sigmoid: fraction of the run spent ramping", low=0.0, high=1.0),
+        "cycles": Param(4, "cyclical: number of cycles M over the run", low=1),
+        "ratio": Param(0.5, "cyclical: fraction R of each cycle spent ramping", low=0.0, high=1.0),
+    }
+
+    def kl_weight(self, step, total_steps):
+        kind, hp = self.hp["schedule"], self.hp
+        if kind == "cyclical":
+            return cyclical(step, total_steps, hp["cycles"], hp["ratio"])
+        ramp = hp["warmup"] * total_steps
+        return linear(step, ramp) if kind == "linear" else sigmoid(step, ramp)
+

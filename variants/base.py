@@ -1,0 +1,128 @@
+"""The Variant protocol: hooks with neutral defaults; the loss is assembled once, here.
+
+A variant changes one thing by overriding one hook (DESIGN.md section 2, items 1 and 3):
+
+- ``latent(dim)``: the latent family (default: diagonal Gaussian, N(0, I) prior);
+- ``train_samples()``: samples of z per data point in a training step (default 1);
+- ``sample_options(step)``: options for drawing training samples (e.g. a temperature);
+- ``kl_weight(step, total_steps)``: the weight of the KL term over training (default 1);
+- ``regularizer(kl)``: the KL term from the per-unit KL (default: its sum, batch-averaged);
+- ``objective(terms, step, total_steps)``: the training loss from the terms.
+
+Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.metrics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from .latents import GaussianLatent
+
+
+class ConfigError(ValueError):
+    """A bad name or value; its message is one line naming what is wrong and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared hyperparameter: default (which also fixes the type), a doc line, and bounds."""
+
+    default: bool | int | float | str
+    doc: str
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def allowed(self) -> str:
+        kind = type(self.default).__name__
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return "true or false" if kind == "bool" else kind
+
+    def parse(self, owner: str, name: str, value: object) -> bool | int | float | str:
+        kind = type(self.default)
+        bad = ConfigError(f"{owner}: {name}={value!r} is invalid; allowed: {self.allowed()}")
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                    value = value.lower() in ("true", "1")
+                if not isinstance(value, bool):
+                    raise bad
+            elif kind is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise bad
+                value = int(value)
+            elif kind is float:
+                if isinstance(value, bool):
+                    raise bad
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if self.choices and value not in self.choices:
+            raise bad
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise bad
+        if self.high is not None and value > self.high:
+            raise bad
+        if kind is float and value != value:  # NaN
+            raise bad
+        return value
+
+
+class Variant:
+    """The plain Gaussian VAE; subclasses override one hook each."""
+
+    name: ClassVar[str] = "vae"
+    paper: ClassVar[str] = "Kingma & Welling 2014, Auto-Encoding Variational Bayes"
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **hparams: object):
+        unknown = sorted(set(hparams) - set(self.params))
+        if unknown:
+            allowed = ", ".join(self.params) or "none"
+            raise ConfigError(f"variant {self.name!r} has no hyperparameter {unknown[0]!r}; "
+                              f"allowed: {allowed}")
+        self.hp = {k: p.parse(self.name, k, hparams.get(k, p.default))
+                   for k, p in self.params.items()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hp.items())
+        return f"{type(self).__name__}({args})"
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def latent(self, dim: int):
+        return GaussianLatent(dim)
+
+    def train_samples(self) -> int:
+        return 1
+
+    def sample_options(self, step: int) -> dict:
+        return {}
+
+    def kl_weight(self, step: int, total_steps: int) -> float:
+        return 1.0
+
+    def regularizer(self, kl: Tensor) -> Tensor:
+        """The KL term from the per-unit KL of shape (B, U): batch mean, then sum over units."""
+        return kl.mean(0).sum()
+
+    def objective(self, terms, step: int, total_steps: int) -> Tensor:
+        """Negative ELBO with the analytic KL: -E_q log p(x|z) + w(step) * regularizer(KL)."""
+        recon = -terms.log_px_z.mean()
+        return recon + self.kl_weight(step, total_steps) * self.regularizer(terms.kl)
+
+    # ---- assembled once -----------------------------------------------------------------------
+    def loss(self, model, x: Tensor, step: int, total_steps: int, generator=None):
+        """The training loss of one minibatch and the terms it came from."""
+        terms = model(x, self.train_samples(), generator, **self.sample_options(step))
+        return self.objective(terms, step, total_steps), terms

@@ -1,0 +1,156 @@
+"""Latent families: what a posterior q(z|x) can do, whatever its kind.
+
+The core and every metric talk to a posterior only through this interface, so a metric never
+needs to know which variant produced it:
+
+- ``rsample(n, generator, **opts)``: reparameterized training samples, shape (n, B, ...).
+- ``sample(n, generator)``: evaluation samples (discrete one-hot for a categorical latent).
+- ``log_prob(z)``: log q(z|x) summed over the latent, shape (n, B).
+- ``prior_log_prob(z)``: log p(z), shape (n, B).
+- ``kl()``: analytic KL(q(z|x) || p(z)) per latent unit, shape (B, U).
+- ``activity()``: the statistic whose variance over data defines an active unit, shape (B, U, G)
+  (the posterior mean for a Gaussian unit; the class probabilities for a categorical variable).
+- ``pairwise_log_prob(z)``: log q(z_a | x_b) for every sample a and every data point b of this
+  posterior, shape (A, B); the aggregate posterior of the mutual information uses it.
+- ``slice(i, j)``: the posterior of data points i..j.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianLatent:
+    """Diagonal Gaussian q(z|x) = N(mu, diag(exp(logvar))) with prior N(0, I).
+
+    Kingma & Welling 2014, "Auto-Encoding Variational Bayes", eq. 10 and appendix B: the variance
+    is the exp of a linear output of the encoder, z = mu + sigma * eps, and the KL to the standard
+    normal prior is analytic.
+    """
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.units = dim
+        self.param_size = 2 * dim
+
+    def posterior(self, params: Tensor) -> GaussianPosterior:
+        mu, logvar = params.chunk(2, dim=-1)
+        return GaussianPosterior(mu, logvar)
+
+
+@dataclass
+class GaussianPosterior:
+    mu: Tensor
+    logvar: Tensor
+
+    def rsample(self, n: int = 1, generator: torch.Generator | None = None, **_: object) -> Tensor:
+        eps = torch.randn((n, *self.mu.shape), generator=generator,
+                          dtype=self.mu.dtype, device=self.mu.device)
+        return self.mu + torch.exp(0.5 * self.logvar) * eps
+
+    def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        return self.rsample(n, generator)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        # log N(z; mu, s^2) = -0.5 [ (z-mu)^2 / s^2 + log s^2 + log 2pi ], summed over dims
+        sq = (z - self.mu) ** 2 * torch.exp(-self.logvar)
+        return -0.5 * (sq + self.logvar + LOG_2PI).sum(-1)
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+    def kl(self) -> Tensor:
+        # KL(N(mu, s^2) || N(0, 1)) = 0.5 (mu^2 + s^2 - 1 - log s^2), per dimension
+        return 0.5 * (self.mu**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
+
+    def activity(self) -> Tensor:
+        return self.mu.unsqueeze(-1)
+
+    def pairwise_log_prob(self, z: Tensor) -> Tensor:
+        # Expand (z_a - mu_b)^2 / v_b = z_a^2/v_b - 2 z_a mu_b / v_b + mu_b^2 / v_b into matmuls.
+        prec = torch.exp(-self.logvar)  # (B, D)
+        quad = (z**2) @ prec.T - 2 * z @ (self.mu * prec).T + (self.mu**2 * prec).sum(-1)
+        return -0.5 * (quad + (self.logvar + LOG_2PI).sum(-1))
+
+    def slice(self, i: int, j: int) -> GaussianPosterior:
+        return GaussianPosterior(self.mu[i:j], self.logvar[i:j])
+
+
+class CategoricalLatent:
+    """N independent categorical variables with C classes each and a uniform prior.
+
+    Training samples are relaxed one-hot vectors from the Gumbel-Softmax (Jang, Gu & Poole 2017,
+    eq. 1; Maddison et al. 2017); ``hard=True`` gives the straight-through estimator (one-hot
+    forward pass, relaxed gradient; Jang et al. 2017 section 2.2). Evaluation samples are discrete.
+    """
+
+    def __init__(self, n_vars: int, n_classes: int):
+        self.n_vars, self.n_classes = n_vars, n_classes
+        self.units = n_vars
+        self.dim = n_vars * n_classes
+        self.param_size = n_vars * n_classes
+
+    def support(self, max_size: int = 4096) -> tuple[Tensor, float] | None:
+        """Every one-hot configuration (C**N, N*C) and its log prior, if there are few enough."""
+        if self.n_classes**self.n_vars > max_size:
+            return None
+        idx = torch.cartesian_prod(*[torch.arange(self.n_classes)] * self.n_vars)
+        idx = idx.reshape(-1, self.n_vars)
+        z = F.one_hot(idx, self.n_classes).flatten(-2).to(torch.get_default_dtype())
+        return z, -self.n_vars * math.log(self.n_classes)
+
+    def posterior(self, params: Tensor) -> CategoricalPosterior:
+        logits = params.unflatten(-1, (self.n_vars, self.n_classes))
+        return CategoricalPosterior(torch.log_softmax(logits, dim=-1))
+
+
+@dataclass
+class CategoricalPosterior:
+    log_probs: Tensor  # (B, N, C), normalized
+
+    def rsample(self, n: int = 1, generator: torch.Generator | None = None,
+                tau: float = 1.0, hard: bool = False, **_: object) -> Tensor:
+        u = torch.rand((n, *self.log_probs.shape), generator=generator,
+                       dtype=self.log_probs.dtype, device=self.log_probs.device)
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+        y = torch.softmax((self.log_probs + gumbel) / tau, dim=-1)
+        if hard:
+            one_hot = F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+            y = one_hot - y.detach() + y
+        return y.flatten(-2)
+
+    def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        probs = self.log_probs.exp().reshape(-1, self.log_probs.shape[-1])
+        idx = torch.multinomial(probs, n, replacement=True, generator=generator)  # (B*N, n)
+        idx = idx.T.reshape(n, *self.log_probs.shape[:-1])
+        return F.one_hot(idx, self.log_probs.shape[-1]).to(self.log_probs.dtype).flatten(-2)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        # sum_n log pi_{n, z_n} for one-hot z; for a relaxed z, the cross-entropy sum_nc z_nc log pi_nc
+        return (z * self.log_probs.flatten(-2)).sum(-1)
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        n_vars, n_classes = self.log_probs.shape[-2:]
+        return torch.full(z.shape[:-1], -n_vars * math.log(n_classes),
+                          dtype=z.dtype, device=z.device)
+
+    def kl(self) -> Tensor:
+        # KL(Cat(pi) || Uniform(C)) = sum_c pi_c log pi_c + log C, per variable
+        n_classes = self.log_probs.shape[-1]
+        return (self.log_probs.exp() * self.log_probs).sum(-1) + math.log(n_classes)
+
+    def activity(self) -> Tensor:
+        return self.log_probs.exp()
+
+    def pairwise_log_prob(self, z: Tensor) -> Tensor:
+        return z @ self.log_probs.flatten(-2).T
+
+    def slice(self, i: int, j: int) -> CategoricalPosterior:
+        return CategoricalPosterior(self.log_probs[i:j])
