@@ -72,10 +72,9 @@ SECTIONS = ("model", "train", "eval")
 
 
 def _parse_widths(key: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
+    parts = [v for v in value.replace(" ", "").split(",") if v] if isinstance(value, str) else value
     try:
-        out = tuple(int(v) for v in value)
+        out = tuple(int(v) for v in parts)
     except (TypeError, ValueError):
         out = (-1,)
     if any(w < 1 for w in out):

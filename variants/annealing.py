@@ -41,6 +41,8 @@ class KLAnnealing(Variant):
         "ratio": Param(0.5, "cyclical: fraction R of each cycle spent ramping", low=0.0, high=1.0),
     }
 
+    neutral = {"schedule": "linear", "warmup": 0.0}
+
     def kl_weight(self, step, total_steps):
         kind, hp = self.hp["schedule"], self.hp
         if kind == "cyclical":

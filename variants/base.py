@@ -85,6 +85,9 @@ class Variant:
     name: ClassVar[str] = "vae"
     paper: ClassVar[str] = "Kingma & Welling 2014, Auto-Encoding Variational Bayes"
     params: ClassVar[dict[str, Param]] = {}
+    #: hyperparameters that reduce this variant exactly to `vae` ("X is Y with a knob turned");
+    #: None where no setting does (a different latent family).
+    neutral: ClassVar[dict | None] = {}
 
     def __init__(self, **hparams: object):
         unknown = sorted(set(hparams) - set(self.params))

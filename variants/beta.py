@@ -8,6 +8,7 @@ from .base import Param, Variant
 class BetaVAE(Variant):
     paper = "Higgins et al. 2017, beta-VAE, ICLR, eq. 4"
     params = {"beta": Param(1.0, "weight of the KL term", low=0.0)}
+    neutral = {"beta": 1.0}
 
     def regularizer(self, kl):
         return self.hp["beta"] * super().regularizer(kl)

@@ -93,6 +93,7 @@ class VAE(nn.Module):
             return bernoulli_log_prob(x, out)
         return gaussian_log_prob(x, out, self.log_var)
 
+    @torch.no_grad()
     def exact_log_marginal(self, x: Tensor) -> Tensor | None:
         """log p(x) per data point where the model admits it exactly, else None.
 

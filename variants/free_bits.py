@@ -19,6 +19,8 @@ class FreeBits(Variant):
         "groups": Param(0, "number of groups of latent units (0: one per unit)", low=0),
     }
 
+    neutral = {"lambda": 0.0}
+
     def regularizer(self, kl):
         per_unit = kl.mean(0)
         groups = self.hp["groups"]

@@ -36,6 +36,8 @@ class GumbelSoftmax(Variant):
         "hard": Param(False, "straight-through estimator (one-hot forward pass)"),
     }
 
+    neutral = None  # a categorical latent: no setting reduces it to the Gaussian `vae`
+
     def latent(self, dim):
         return CategoricalLatent(self.hp["n_vars"], self.hp["n_classes"])
 

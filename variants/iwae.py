@@ -24,6 +24,8 @@ class IWAE(Variant):
     paper = "Burda, Grosse & Salakhutdinov 2016, ICLR, eq. 8"
     params = {"k": Param(5, "importance samples per data point in training", low=1)}
 
+    neutral = {"k": 1}
+
     def train_samples(self):
         return self.hp["k"]
 

@@ -1,0 +1,10 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_default_dtype():
+    """Tests run on a 2-core CI machine: keep torch to its defaults, restore the dtype after."""
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)

@@ -1,0 +1,198 @@
+"""One contract for every registered variant, plus each variant's own truth."""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+import variants
+from bench.config import RunConfig, apply_overrides
+from bench.runner import execute
+from variants import annealing, gumbel, iwae
+from variants.core import VAE
+from variants.latents import CategoricalLatent
+
+TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidden": "32",
+        "model.latent_dim": 8, "eval.is_samples": 20}
+VOLATILE = {"train_seconds", "train_samples_per_s", "eval_seconds", "run_id"}
+NAMES = list(variants.REGISTRY)
+
+
+def run(tmp_path, variant, **hparams):
+    cfg = apply_overrides(RunConfig(), {**TINY, "variant": variant, **hparams})
+    path = execute(cfg, tmp_path)
+    return json.loads((path / "metrics.json").read_text()), path
+
+
+def stable(metrics):
+    return {k: v for k, v in metrics.items() if k not in VOLATILE}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_is_finite_with_gradients_for_every_parameter(name):
+    torch.manual_seed(0)
+    v = variants.create(name)
+    model = VAE(64, v.latent(8), hidden=(32,))
+    x = (torch.rand(16, 64) < 0.4).float()
+    loss, _ = v.loss(model, x, step=3, total_steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_neutral_setting_reproduces_vae_exactly(name, tmp_path):
+    neutral = variants.REGISTRY[name].neutral
+    if neutral is None:
+        pytest.skip(f"{name} changes the latent family: no setting reduces it to vae")
+    base, _ = run(tmp_path / "vae", "vae")
+    same, _ = run(tmp_path / name, name, **neutral)
+    assert stable(same) == stable(base)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_twice_gives_identical_metrics(name, tmp_path):
+    a, _ = run(tmp_path / "a", name)
+    b, _ = run(tmp_path / "b", name)
+    assert stable(a) == stable(b)
+    assert all(math.isfinite(a[k]) for k in ("neg_elbo", "nll_is", "kl", "mutual_info"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reported_neg_elbo_is_the_unmodified_elbo(name, tmp_path):
+    metrics, path = run(tmp_path, name)
+    assert metrics["neg_elbo"] == pytest.approx(metrics["recon"] + metrics["kl"], rel=1e-12)
+    # and the same weights give the same neg_elbo whatever variant object is around them:
+    from bench.runner import evaluate_run
+
+    assert evaluate_run(path)["neg_elbo"] == metrics["neg_elbo"]
+
+
+def test_beta_objective_differs_from_reported_elbo(tmp_path):
+    _, path = run(tmp_path, "beta", beta=4.0)
+    hist = (path / "history.csv").read_text().splitlines()
+    header, last = hist[0].split(","), hist[-1].split(",")
+    row = dict(zip(header, map(float, last), strict=True))
+    # loss = recon + 4 KL, -ELBO = recon + KL: they differ by 3 KL (train averages of one epoch)
+    assert row["loss"] - row["neg_elbo"] == pytest.approx(3 * row["kl"], rel=1e-9)
+
+
+@pytest.mark.parametrize("variant, setting, message", [
+    ("beta", {"beta": -0.1}, "beta='-0.1'|beta=-0.1"),
+    ("gumbel", {"tau0": 0}, "allowed: float > 0"),
+    ("gumbel", {"tau_min": "-1"}, "allowed: float > 0"),
+    ("free-bits", {"lambda": -1}, "allowed: float >= 0"),
+    ("iwae", {"k": 0}, "allowed: int >= 1"),
+    ("iwae", {"k": 2.5}, "allowed: int >= 1"),
+    ("kl-anneal", {"cycles": 0}, "allowed: int >= 1"),
+    ("kl-anneal", {"schedule": "cosine"}, "allowed: one of linear, sigmoid, cyclical"),
+    ("kl-anneal", {"warmup": 1.5}, r"allowed: float in \[0, 1\]"),
+    ("gumbel", {"hard": "maybe"}, "allowed: true or false"),
+    ("vae", {"beta": 1}, "has no hyperparameter 'beta'; allowed: none"),
+])
+def test_hyperparameters_are_validated(variant, setting, message):
+    with pytest.raises(variants.ConfigError, match=message):
+        variants.create(variant, **setting)
+
+
+# ---- schedules, by hand ---------------------------------------------------------------------
+def test_linear_schedule_knots():
+    assert annealing.linear(0, 100) == 0.0
+    assert annealing.linear(50, 100) == 0.5
+    assert annealing.linear(100, 100) == 1.0 and annealing.linear(1000, 100) == 1.0
+    assert annealing.linear(0, 0) == 1.0  # no warm-up: the plain VAE
+
+
+def test_sigmoid_schedule_knots():
+    assert annealing.sigmoid(50, 100) == 0.5
+    assert annealing.sigmoid(0, 100) == pytest.approx(1 / (1 + math.exp(5)))  # ~0.0067
+    assert annealing.sigmoid(100, 100) == pytest.approx(1 / (1 + math.exp(-5)))
+
+
+def test_cyclical_schedule_knots():
+    # T = 400, M = 4: period 100; R = 0.5: ramp over steps 0..50 of each cycle, then 1.
+    w = [annealing.cyclical(s, 400, 4, 0.5) for s in (0, 25, 50, 75, 99, 100, 125, 399)]
+    assert w == [0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.5, 1.0]
+
+
+def test_kl_anneal_variant_uses_the_schedule():
+    v = variants.create("kl-anneal", schedule="cyclical", cycles=2, ratio=0.5)
+    assert [v.kl_weight(s, 100) for s in (0, 25, 50, 75)] == [0.0, 1.0, 0.0, 1.0]
+    v = variants.create("kl-anneal", schedule="linear", warmup=0.5)
+    assert [v.kl_weight(s, 100) for s in (0, 25, 50, 99)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_gumbel_temperature_schedule():
+    # tau = max(0.5, exp(-1e-4 * t)), t rounded down to a multiple of 1000
+    assert gumbel.temperature(999, 1.0, 0.5, 1e-4, 1000) == 1.0
+    assert gumbel.temperature(1000, 1.0, 0.5, 1e-4, 1000) == pytest.approx(math.exp(-0.1))
+    assert gumbel.temperature(10**6, 1.0, 0.5, 1e-4, 1000) == 0.5
+
+
+# ---- IWAE -----------------------------------------------------------------------------------
+def tiny_model_and_data(latent, seed=0):
+    torch.manual_seed(seed)
+    model = VAE(64, latent, hidden=(32,)).double()
+    from bench.data import load
+
+    return model, load("digits").test.double()
+
+
+def test_iwae_bound_matches_direct_computation_from_the_same_samples():
+    from variants.latents import GaussianLatent
+
+    model, x = tiny_model_and_data(GaussianLatent(4))
+    v = variants.create("iwae", k=7)
+    g = torch.Generator().manual_seed(0)
+    loss, terms = v.loss(model, x[:50], 0, 1, g)
+    w = terms.log_weights.detach().numpy()  # (7, 50)
+    import numpy as np
+
+    direct = -np.mean(np.log(np.mean(np.exp(w), axis=0)))
+    assert loss.item() == pytest.approx(direct, rel=1e-12)
+
+
+def test_iwae_bound_at_k_is_above_the_bound_at_1_on_average():
+    from variants.latents import GaussianLatent
+
+    model, x = tiny_model_and_data(GaussianLatent(4))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        lw = model(x, 50, g).log_weights  # (50, B)
+    l1 = lw.mean(0)  # the average of 50 one-sample bounds
+    l50 = iwae.iwae_bound(lw)
+    diff = l50 - l1  # >= 0 by Jensen for every point; averaged it must be clearly positive
+    assert (diff >= -1e-12).all() and diff.mean() > 0
+
+
+# ---- Gumbel-Softmax: exact enumeration ------------------------------------------------------
+def test_enumeration_matches_brute_force():
+    model, x = tiny_model_and_data(CategoricalLatent(2, 3))
+    x = x[:5]
+    terms = []
+    for a, b in itertools.product(range(3), repeat=2):
+        z = torch.zeros(1, 1, 6, dtype=torch.float64)
+        z[0, 0, a], z[0, 0, 3 + b] = 1, 1
+        terms.append(model.log_likelihood(x, z)[0] - 2 * math.log(3))
+    ref = torch.logsumexp(torch.stack(terms), 0)
+    torch.testing.assert_close(model.exact_log_marginal(x), ref.detach())
+
+
+def test_gumbel_is_estimate_converges_to_the_enumerated_log_likelihood():
+    from bench import metrics
+
+    model, x = tiny_model_and_data(CategoricalLatent(2, 3), seed=3)
+    with torch.no_grad():
+        q = model.encode(x)
+        exact = -model.exact_log_marginal(x)
+        gaps = {}
+        for k in (1, 10, 1000):
+            nll, _ = metrics.nll_is_points(model, q, x, k, seed=0)
+            gaps[k] = metrics.mean_se(nll - exact)
+    gap, se = gaps[1000]
+    assert abs(gap) <= 3 * se + 1e-9  # within 3 SE of the truth at K = 1000
+    assert gaps[1][0] > gaps[10][0] > abs(gap)  # and approaching it as K grows
