@@ -34,7 +34,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import RunConfig, apply_overrides
+    from .config import RunConfig, apply_overrides, resolve
     from .runner import execute
 
     overrides = {"variant": args.variant, "dataset": args.dataset, "seed": args.seed}
@@ -44,11 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.deterministic:
         overrides["deterministic"] = True
     overrides.update(dict(args.set or []))
-    cfg = apply_overrides(RunConfig(), overrides)
-    from . import data
-
-    if cfg.dataset not in data.LOADERS:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; allowed: {', '.join(data.LOADERS)}")
+    cfg = resolve(apply_overrides(RunConfig(), overrides))
     run_dir = execute(cfg, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
     print(run_dir)
     return 0

@@ -150,8 +150,13 @@ def _variant_params(name: str) -> dict[str, Param]:
     return REGISTRY[name].params
 
 
-def resolve(cfg: RunConfig, dataset_defaults: dict[str, Any]) -> RunConfig:
+def resolve(cfg: RunConfig) -> RunConfig:
     """Fill dataset-dependent defaults and the variant's full hyperparameters (validated)."""
+    from .data import LOADERS, MODEL_DEFAULTS
+
+    if cfg.dataset not in LOADERS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; allowed: {', '.join(LOADERS)}")
+    dataset_defaults = MODEL_DEFAULTS.get(cfg.dataset, {})
     model = cfg.model
     if model.decoder_hidden is None:
         dec = dataset_defaults.get("decoder_hidden", tuple(model.hidden)[::-1])

@@ -45,6 +45,8 @@ IDX_FILES = {"train-images": "train-images-idx3-ubyte", "train-labels": "train-l
 URLS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Model defaults a dataset imposes where the config leaves them unset (see config.resolve).
+MODEL_DEFAULTS = {"linear-gaussian": {"decoder_hidden": (), "latent_dim": 5}}
 
 
 class DataError(ConfigError):
@@ -192,7 +194,6 @@ class Dataset:
     image_shape: tuple[int, ...] | None
     digests: dict[str, str] = field(default_factory=dict)
     dynamic_binarization: bool = True
-    model_defaults: dict = field(default_factory=dict)
     oracle: dict | None = None
 
     @property
@@ -253,7 +254,7 @@ def load_linear_gaussian(obs_dim: int = 20, latent_dim: int = 5, n_train: int = 
     oracle = {"W": w, "b": b, "sigma": sigma}
     return Dataset("linear-gaussian", train, test, "gaussian", "generated", None,
                    {"test": sha256(test)}, dynamic_binarization=False,
-                   model_defaults={"decoder_hidden": (), "latent_dim": latent_dim}, oracle=oracle)
+                   oracle=oracle)
 
 
 LOADERS: dict[str, Callable[[Path], Dataset]] = {

@@ -1,7 +1,8 @@
 """Run directories: self-describing, written atomically, never overwritten.
 
 A run directory holds ``config.json``, ``metrics.json``, ``history.csv``, ``env.json`` and
-``model.pt`` (a state dict of tensors only). It is assembled in a temporary sibling and renamed
+``model.pt`` (a state dict of tensors only), and for image data ``previews.npz`` (reconstructions
+and prior samples as uint8 pixel means, for the report's figures). It is assembled in a temporary sibling and renamed
 into place in one step, so a directory that exists under its final name is always complete.
 """
 
@@ -60,7 +61,7 @@ def history_csv(rows: list[dict]) -> str:
 
 
 def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict], env: dict,
-              state_dict: dict | None) -> Path:
+              state_dict: dict | None, previews: dict[str, np.ndarray] | None = None) -> Path:
     """Write a run directory atomically; an existing complete ``target`` is left untouched."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -72,6 +73,8 @@ def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict],
         (tmp / "history.csv").write_text(history_csv(history))
         if state_dict is not None:
             torch.save(state_dict, tmp / "model.pt")
+        if previews:
+            np.savez_compressed(tmp / "previews.npz", **previews)
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

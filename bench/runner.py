@@ -3,6 +3,7 @@ run directory. The runner knows the Variant protocol and never a concrete varian
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -47,11 +48,11 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
             progress: bool = False) -> Path:
     """Train and evaluate one run; return its directory (an existing finished one is reused)."""
     check_device(cfg.device)
-    dataset = data_mod.load(cfg.dataset, data_dir)
-    cfg = resolve(cfg, dataset.model_defaults)
+    cfg = resolve(cfg)
     target = Path(out) / run_name(cfg)
     if (target / "metrics.json").exists():
         return target
+    dataset = data_mod.load(cfg.dataset, data_dir)
     deterministic = set_deterministic(cfg.deterministic)
     model, variant = build_model(cfg, dataset)
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
@@ -73,8 +74,27 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
         metrics["last_finite"] = result.history[-1]
     env = environment(cfg.device, deterministic, dataset.digests)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    pics = previews(model, dataset, cfg) if result.status == "ok" else None
     return write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,
-                     env=env, state_dict=state)
+                     env=env, state_dict=state, previews=pics)
+
+
+@torch.no_grad()
+def previews(model, dataset: data_mod.Dataset, cfg: RunConfig, n: int = 8) -> dict | None:
+    """Pixel means of reconstructions of the first n test images and of n prior samples."""
+    if dataset.image_shape is None or model.likelihood != "bernoulli":
+        return None
+    model = copy.deepcopy(model).cpu()  # a few images: the CPU generator serves every device
+    gen = torch.Generator().manual_seed(derive(cfg.eval.seed, "previews"))
+    x = dataset.test[:n].to(getattr(torch, cfg.dtype))
+    z_post = model.encode(x).sample(1, gen)[0]
+    z_prior = model.latent.prior_sample(n, gen).to(x.dtype)
+
+    def pixels(t: torch.Tensor):
+        return (t.cpu().float().reshape(-1, *dataset.image_shape) * 255).round().byte().numpy()
+
+    return {"data": pixels(x), "recon": pixels(torch.sigmoid(model.decoder(z_post))),
+            "samples": pixels(torch.sigmoid(model.decoder(z_prior)))}
 
 
 def load_run(run_dir: Path, data_dir: str | None = None):

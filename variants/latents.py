@@ -13,6 +13,9 @@ needs to know which variant produced it:
 - ``pairwise_log_prob(z)``: log q(z_a | x_b) for every sample a and every data point b of this
   posterior, shape (A, B); the aggregate posterior of the mutual information uses it.
 - ``slice(i, j)``: the posterior of data points i..j.
+
+The latent family itself gives ``param_size`` (encoder outputs), ``dim`` (decoder inputs), ``units``
+(what active units count) and ``prior_sample(n, generator)``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class GaussianLatent:
         self.dim = dim
         self.units = dim
         self.param_size = 2 * dim
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.dim, generator=generator)
 
     def posterior(self, params: Tensor) -> GaussianPosterior:
         mu, logvar = params.chunk(2, dim=-1)
@@ -96,6 +102,10 @@ class CategoricalLatent:
         self.units = n_vars
         self.dim = n_vars * n_classes
         self.param_size = n_vars * n_classes
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        idx = torch.randint(self.n_classes, (n, self.n_vars), generator=generator)
+        return F.one_hot(idx, self.n_classes).flatten(-2).to(torch.get_default_dtype())
 
     def support(self, max_size: int = 4096) -> tuple[Tensor, float] | None:
         """Every one-hot configuration (C**N, N*C) and its log prior, if there are few enough."""
