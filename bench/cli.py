@@ -1,4 +1,4 @@
-"""Thin argparse front: vae-bench run | evaluate | variants | datasets.
+"""Thin argparse front: vae-bench run | evaluate | suite | report | variants | datasets.
 
 Bad names or values end with a one-line error naming what is allowed, exit code 2, before any
 training; runtime failures exit 1.
@@ -58,6 +58,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from .suite import load_profile, run_suite
+
+    profile = load_profile(args.profile)
+    counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir)
+    print(json.dumps(counts, sort_keys=True))
+    return 0 if not counts.get("failed") else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .suite import load_profile
+
+    for path in write_report(load_profile(args.profile), Path(args.results), Path(args.reports)):
+        print(path)
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from variants import REGISTRY
 
@@ -102,6 +120,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's)")
     e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("suite", help="run a profile's grid (configurations x seeds), resuming")
+    s.add_argument("--profile", default="default")
+    s.add_argument("--jobs", type=_positive_int, default=1, help="parallel runs (local backend)")
+    s.add_argument("--results", default="results", help="results root (runs under PROFILE/runs)")
+    s.set_defaults(func=cmd_suite)
+
+    rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")
+    rep.add_argument("--profile", default="default")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--reports", default="reports")
+    rep.set_defaults(func=cmd_report)
 
     sub.add_parser("variants", help="list variants and hyperparameters").set_defaults(
         func=cmd_variants)

@@ -23,14 +23,14 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2: Cov_x(E_q[u|x]) > 10^
 @dataclass(frozen=True)
 class Metric:
     name: str
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: no better direction (a rate, not a score)
     doc: str
 
 
 METRICS = {m.name: m for m in [
     Metric("neg_elbo", False, "-ELBO, unmodified, analytic KL"),
     Metric("recon", False, "-E_q log p(x|z)"),
-    Metric("kl", False, "KL(q(z|x) || p(z)) summed over units"),
+    Metric("kl", None, "KL(q(z|x) || p(z)) summed over units"),
     Metric("nll_is", False, "-log p(x), importance sampled with K samples from q"),
     Metric("ess", True, "mean normalized effective sample size of the IS weights"),
     Metric("active_units", True, "units with Var_x E_q[z_u|x] > 0.01"),

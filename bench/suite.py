@@ -1,0 +1,175 @@
+"""Profiles and the grid: configurations x seeds, run with resume on a backend.
+
+A profile (``bench/profiles/NAME.toml``) is a few overrides of ``default.toml``: ``[profile]``
+(description, seeds, budget), ``[defaults]`` (config overrides for every run) and ``[[config]]``
+entries (a label, a variant and its hyperparameters), and ``[[published]]`` numbers from papers
+to set beside a configuration where the protocol is comparable. ``inherits = "default"`` merges the parent's
+``[profile]`` and ``[defaults]`` and keeps its configurations unless the child lists its own.
+
+Every run is keyed by the hash of its resolved config; a run whose record exists is skipped, so an
+interrupted suite continues where it stopped. Records are renamed into place whole
+(``bench.results.write_run``): a half-written run is never read as a result.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import tomllib
+import traceback
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from variants.base import ConfigError
+
+from .config import RunConfig, apply_overrides, resolve, to_dict
+from .results import environment, read_json, write_run
+
+PROFILES = Path(__file__).parent / "profiles"
+RESERVED = {"label", "variant"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    budget: str
+    defaults: dict
+    configs: tuple[dict, ...]
+    published: tuple[dict, ...] = ()
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.toml"))
+
+
+def _read_toml(name_or_path: str) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PROFILES / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ConfigError(f"unknown profile {name_or_path!r}; allowed: "
+                              f"{', '.join(profile_names())} or a path to a .toml file")
+    try:
+        return path.stem, tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"profile {path}: malformed TOML ({e})") from None
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A profile with its parent merged in; ConfigError if it is empty, malformed or unknown."""
+    name, raw = _read_toml(name_or_path)
+    if not raw:
+        raise ConfigError(f"profile {name!r} is empty; expected [profile], [defaults] and "
+                          "[[config]] tables")
+    unknown = set(raw) - {"inherits", "profile", "defaults", "config", "published"}
+    if unknown:
+        raise ConfigError(f"profile {name!r}: unknown table {sorted(unknown)[0]!r}; allowed: "
+                          "inherits, profile, defaults, config, published")
+    if "inherits" in raw:
+        parent = load_profile(raw["inherits"])
+        meta = {"description": parent.description, "seeds": list(parent.seeds),
+                "budget": parent.budget, **raw.get("profile", {})}
+        defaults = {**parent.defaults, **raw.get("defaults", {})}
+        configs = raw.get("config", list(parent.configs))
+        published = raw.get("published", list(parent.published))
+    else:
+        meta, defaults, configs = raw.get("profile", {}), raw.get("defaults", {}), raw.get("config")
+        published = raw.get("published", [])
+    if not configs:
+        raise ConfigError(f"profile {name!r} has no [[config]] entries; expected at least one "
+                          "with a label and a variant")
+    seeds = meta.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"profile {name!r}: seeds={seeds!r} is invalid; allowed: a non-empty "
+                          "list of integers >= 0")
+    for c in configs:
+        if not isinstance(c, dict) or not {"label", "variant"} <= set(c):
+            raise ConfigError(f"profile {name!r}: config {c!r} needs a label and a variant")
+    return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
+                   defaults, tuple(configs), tuple(published))
+
+
+def grid(profile: Profile) -> list[tuple[str, RunConfig]]:
+    """(label, resolved config) for every configuration x seed, all validated up front."""
+    out = []
+    for entry in profile.configs:
+        hp = {k: v for k, v in entry.items() if k not in RESERVED}
+        for seed in profile.seeds:
+            overrides = {**profile.defaults, "variant": entry["variant"], "seed": seed, **hp}
+            try:
+                cfg = resolve(apply_overrides(RunConfig(), overrides))
+            except ConfigError as e:
+                raise ConfigError(f"profile {profile.name!r}, config {entry['label']!r}: {e}") \
+                    from None
+            out.append((entry["label"], cfg))
+    labels = [c["label"] for c in profile.configs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"profile {profile.name!r}: duplicate config labels in {labels}")
+    return out
+
+
+def runs_dir(results: Path, profile: Profile) -> Path:
+    return Path(results) / profile.name / "runs"
+
+
+def run_one(cfg: RunConfig, out: Path, data_dir: str | None, threads: int) -> str:
+    """Run one grid point; any failure becomes a record with status 'failed' and its error."""
+    import torch
+
+    from .runner import execute, run_name
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return read_json(execute(cfg, out, data_dir) / "metrics.json")["status"]
+    except Exception as e:  # recorded, and the grid goes on
+        target = out / run_name(cfg)
+        if not target.exists():
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            write_run(target, config=to_dict(cfg), history=[], state_dict=None,
+                      metrics={"status": "failed", "error": error,
+                               "traceback": traceback.format_exc()},
+                      env=environment(cfg.device, {}, {}))
+        return "failed"
+
+
+def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
+    from .runner import run_name
+
+    out = runs_dir(results, profile)
+    return [(label, cfg) for label, cfg in grid(profile)
+            if not (out / run_name(cfg) / "metrics.json").exists()]
+
+
+def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
+              progress: bool | None = None) -> dict:
+    """Run every missing grid point; return counts of what was done."""
+    total, todo = len(grid(profile)), pending(profile, results)
+    out = runs_dir(results, profile)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=not show,
+               desc=profile.name)
+    counts = Counter(total=total, skipped=total - len(todo))
+    start = time.perf_counter()
+    if jobs == 1:
+        for _, cfg in todo:
+            counts[run_one(cfg, out, data_dir, 0)] += 1
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_one, cfg, out, data_dir, threads) for _, cfg in todo]
+            for fut in as_completed(futures):
+                counts[fut.result()] += 1
+                bar.update()
+    bar.close()
+    return {**counts, "seconds": time.perf_counter() - start}
