@@ -6,7 +6,11 @@ EXTRAS ?= dev,mnist
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test smoke lint clean
+JOBS   ?= 1
+RESULTS ?= results
+VB     := $(VENV)/bin/vae-bench
+
+.PHONY: setup test smoke bench bench-check report reference lint clean
 
 setup: $(STAMP)
 
@@ -19,6 +23,25 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# The default profile: resumes (only missing runs are trained), then rebuilds the report.
+bench: setup
+	$(VB) suite --profile default --jobs $(JOBS) --results $(RESULTS)
+	$(VB) report --profile default --results $(RESULTS) --reports reports
+
+report: setup
+	$(VB) report --profile default --results $(RESULTS) --reports reports
+
+# Rerun the whole default profile from nothing in build/ and compare with the committed summary.
+bench-check: setup
+	rm -rf build/bench-check
+	$(VB) suite --profile default --jobs $(JOBS) --results build/bench-check
+	$(VB) report --profile default --results build/bench-check --reports build/bench-check/reports
+	$(VB) compare build/bench-check/default/summary.csv results/default/summary.csv
+
+# Regenerate the CI reference (refused unless SUITE_VERSION in bench/config.py was bumped).
+reference: setup
+	$(VB) reference --profile smoke
 
 smoke: setup
 	$(VENV)/bin/vae-bench run --variant vae --dataset digits --seed 0 --epochs 2

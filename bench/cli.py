@@ -76,6 +76,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .report import largest_differences
+
+    print(largest_differences(pd.read_csv(args.fresh), pd.read_csv(args.committed), args.top))
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import pandas as pd
+
+    from .config import SUITE_VERSION
+    from .report import regression_frame, summarize
+    from .suite import load_profile, run_suite
+
+    target = Path(args.output or f"results/reference/{args.profile}.csv")
+    if target.exists():
+        recorded = pd.read_csv(target)["suite_version"].iloc[0]
+        if str(recorded) == SUITE_VERSION:
+            raise ConfigError(f"{target} was made by suite version {recorded}, the current one; "
+                              "bump SUITE_VERSION in bench/config.py to regenerate it")
+    profile = load_profile(args.profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_suite(profile, Path(tmp), jobs=1, data_dir=args.data_dir)
+        frame = regression_frame(summarize(profile, Path(tmp)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(target, float_format="%.17g")
+    print(target)
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from variants import REGISTRY
 
@@ -132,6 +166,18 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--results", default="results")
     rep.add_argument("--reports", default="reports")
     rep.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("compare", help="largest metric differences between two summary.csv")
+    c.add_argument("fresh")
+    c.add_argument("committed")
+    c.add_argument("--top", type=_positive_int, default=10)
+    c.set_defaults(func=cmd_compare)
+
+    ref = sub.add_parser("reference", help="regenerate the CI reference of a profile (needs a "
+                         "suite version bump)")
+    ref.add_argument("--profile", default="smoke")
+    ref.add_argument("--output", help="default: results/reference/PROFILE.csv")
+    ref.set_defaults(func=cmd_reference)
 
     sub.add_parser("variants", help="list variants and hyperparameters").set_defaults(
         func=cmd_variants)

@@ -261,3 +261,36 @@ def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
         .replace("↓", r"$\downarrow$"))
     return [summary_path, md, reports / f"{profile.name}.csv", reports / f"{profile.name}.tex",
             *figs]
+
+
+# ---- regression of the numbers --------------------------------------------------------------
+REGRESSION_COLUMNS = ["neg_elbo", "neg_elbo_se", "recon", "kl", "nll_is", "nll_is_se", "ess",
+                      "active_units", "mutual_info", "mutual_info_se"]
+
+
+def regression_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """The deterministic part of a summary: identity, status and every metric (no timings)."""
+    cols = ["label", "seed", "status", *REGRESSION_COLUMNS]
+    frame = summary.reindex(columns=cols).copy()
+    frame.insert(0, "suite_version", int(SUITE_VERSION))
+    return frame.reset_index(drop=True)
+
+
+def largest_differences(fresh: pd.DataFrame, committed: pd.DataFrame, top: int = 10) -> str:
+    """The largest absolute differences between two summaries, matched on (label, seed)."""
+    keys = ["label", "seed"]
+    merged = fresh.merge(committed, on=keys, suffixes=("_fresh", "_committed"), how="outer")
+    rows = []
+    for col in REGRESSION_COLUMNS:
+        a, b = merged.get(f"{col}_fresh"), merged.get(f"{col}_committed")
+        if a is None or b is None:
+            continue
+        diff = (a.astype(float) - b.astype(float)).abs()
+        for i in diff.index:
+            rows.append((diff[i], col, merged.loc[i, "label"], merged.loc[i, "seed"], a[i], b[i]))
+    rows.sort(key=lambda r: -np.nan_to_num(r[0], nan=np.inf))
+    lines = [f"{'|diff|':>12} {'metric':14} {'configuration':18} seed {'fresh':>14} "
+             f"{'committed':>14}"]
+    lines += [f"{d:12.3g} {c:14} {lab:18} {s:4} {x:14.8g} {y:14.8g}" for d, c, lab, s, x, y
+              in rows[:top]]
+    return "\n".join(lines)
