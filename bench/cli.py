@@ -62,7 +62,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from .suite import load_profile, run_suite
 
     profile = load_profile(args.profile)
-    counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir)
+    counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir,
+                       backend=args.backend, ray_address=args.ray_address)
     print(json.dumps(counts, sort_keys=True))
     return 0 if not counts.get("failed") else 1
 
@@ -107,6 +108,28 @@ def cmd_reference(args: argparse.Namespace) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(target, float_format="%.17g")
     print(target)
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from .runner import check_device
+    from .throughput import format_table, run_all
+
+    check_device(args.device)
+    if args.variant:
+        from variants import REGISTRY
+
+        for v in args.variant:
+            if v not in REGISTRY:
+                raise ConfigError(f"unknown variant {v!r}; allowed: {', '.join(REGISTRY)}")
+    result = run_all(args.device, args.variant, args.batch_size, args.k)
+    out = Path(args.results) / "throughput" / f"{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    print(format_table(result))
+    print(out)
     return 0
 
 
@@ -159,6 +182,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="default")
     s.add_argument("--jobs", type=_positive_int, default=1, help="parallel runs (local backend)")
     s.add_argument("--results", default="results", help="results root (runs under PROFILE/runs)")
+    s.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this machine (default); ray: one Ray task per run")
+    s.add_argument("--ray-address", default=None,
+                   help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     s.set_defaults(func=cmd_suite)
 
     rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")
@@ -179,6 +206,15 @@ def parser() -> argparse.ArgumentParser:
     ref.add_argument("--output", help="default: results/reference/PROFILE.csv")
     ref.set_defaults(func=cmd_reference)
 
+    t = sub.add_parser("throughput", help="train-step and IS-eval throughput vs a hand-written "
+                       "loop and the measured matmul peak")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    t.add_argument("--variant", action="append", help="repeatable; default: every variant")
+    t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--k", type=_positive_int, default=1000)
+    t.add_argument("--results", default="results")
+    t.set_defaults(func=cmd_throughput)
+
     sub.add_parser("variants", help="list variants and hyperparameters").set_defaults(
         func=cmd_variants)
     sub.add_parser("datasets", help="list datasets and where they load from").set_defaults(
@@ -194,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vae-bench: error: {e}", file=sys.stderr)
         return 2
-    except FileExistsError as e:
-        print(f"vae-bench: error: {e}", file=sys.stderr)
+    except OSError as e:  # runtime: unwritable results, full disk, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"vae-bench: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -235,7 +235,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
     bad = summary[summary["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]
-        lines += ["", "## Runs that did not finish", "", _markdown(bad[cols].fillna(""))]
+        lines += ["", "## Runs that did not finish", "", _markdown(bad[cols].astype(object).fillna(""))]
     pub = published_table(profile, summary)
     if not pub.empty:
         lines += ["", "## Published numbers beside ours", "", _markdown(pub), "",

@@ -1,14 +1,17 @@
 """Run directories: self-describing, written atomically, never overwritten.
 
 A run directory holds ``config.json``, ``metrics.json``, ``history.csv``, ``env.json`` and
-``model.pt`` (a state dict of tensors only), and for image data ``previews.npz`` (reconstructions
-and prior samples as uint8 pixel means, for the report's figures). It is assembled in a temporary sibling and renamed
-into place in one step, so a directory that exists under its final name is always complete.
+``model.pt`` (a state dict of tensors only), and for image data ``previews.npz``
+(reconstructions and prior samples as uint8 pixel means, for the report's figures). It is
+assembled in a temporary sibling and renamed into place in one step, so a directory that exists
+under its final name is always complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -78,11 +81,32 @@ def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict],
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.rename(tmp, target)  # atomic; fails if another writer got there first
+        try:
+            os.rename(tmp, target)  # atomic; fails if another writer got there first
+        except OSError:
+            if not (target / "metrics.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the same run, finished elsewhere: keep it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+@contextlib.contextmanager
+def run_lock(target: Path):
+    """Hold an exclusive lock on one run across processes (released by the kernel even when the
+    holder is killed), and remove the orphaned temporary directories of killed writers."""
+    locks = target.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{target.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            for orphan in target.parent.glob(f".{target.name}.*"):
+                shutil.rmtree(orphan, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_json(path: Path) -> dict:

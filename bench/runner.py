@@ -16,7 +16,7 @@ from variants.core import VAE
 from . import data as data_mod
 from .config import SUITE_VERSION, RunConfig, from_dict, resolve, run_id, to_dict
 from .metrics import evaluate
-from .results import environment, read_json, write_run
+from .results import environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
 from .train import fit
 
@@ -52,6 +52,13 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
     target = Path(out) / run_name(cfg)
     if (target / "metrics.json").exists():
         return target
+    with run_lock(target):  # a second suite on the same results waits, then finds it done
+        if (target / "metrics.json").exists():
+            return target
+        return _train_and_record(cfg, target, data_dir, progress)
+
+
+def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progress: bool) -> Path:
     dataset = data_mod.load(cfg.dataset, data_dir)
     deterministic = set_deterministic(cfg.deterministic)
     model, variant = build_model(cfg, dataset)
@@ -70,8 +77,9 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
         metrics.update(evaluate(model, dataset.test.to(dtype=dtype, device=device),
                                 cfg.eval.is_samples, cfg.eval.elbo_samples, cfg.eval.seed))
         metrics["eval_seconds"] = time.perf_counter() - start
-    elif result.history:
-        metrics["last_finite"] = result.history[-1]
+    else:
+        metrics["last_finite"] = result.last_finite
+        metrics["last_finite_epoch"] = result.history[-1] if result.history else None
     env = environment(cfg.device, deterministic, dataset.digests)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     pics = previews(model, dataset, cfg) if result.status == "ok" else None

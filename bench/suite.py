@@ -120,12 +120,13 @@ def runs_dir(results: Path, profile: Profile) -> Path:
     return Path(results) / profile.name / "runs"
 
 
-def run_one(cfg: RunConfig, out: Path, data_dir: str | None, threads: int) -> str:
+def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int) -> str:
     """Run one grid point; any failure becomes a record with status 'failed' and its error."""
     import torch
 
     from .runner import execute, run_name
 
+    out = Path(out)
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -149,27 +150,59 @@ def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
             if not (out / run_name(cfg) / "metrics.json").exists()]
 
 
+BACKENDS = ("local", "ray")
+
+
+def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int):
+    """The embedded default: in this process for one job, else a process pool."""
+    if jobs == 1:
+        for cfg in configs:
+            yield run_one(cfg, out, data_dir, 0)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
+    """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
+    writes its own record under ``out``, which must be on storage the workers share; the driver
+    only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend 'ray' needs the ray extra: pip install 'vae-bench[ray]'; "
+                          "allowed without it: local") from None
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True, configure_logging=False)
+    task = ray.remote(run_one).options(num_cpus=1, max_retries=3, retry_exceptions=False)
+    refs = [task.options(num_gpus=1 if cfg.device == "cuda" else 0).remote(
+        cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
+    while refs:
+        done, refs = ray.wait(refs, num_returns=1)
+        yield ray.get(done[0])
+
+
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
-              progress: bool | None = None) -> dict:
-    """Run every missing grid point; return counts of what was done."""
-    total, todo = len(grid(profile)), pending(profile, results)
+              progress: bool | None = None, backend: str = "local",
+              ray_address: str | None = None) -> dict:
+    """Run every missing grid point on a backend; return counts of what was done."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    total, todo = len(grid(profile)), [cfg for _, cfg in pending(profile, results)]
     out = runs_dir(results, profile)
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=not show,
                desc=profile.name)
     counts = Counter(total=total, skipped=total - len(todo))
     start = time.perf_counter()
-    if jobs == 1:
-        for _, cfg in todo:
-            counts[run_one(cfg, out, data_dir, 0)] += 1
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_one, cfg, out, data_dir, threads) for _, cfg in todo]
-            for fut in as_completed(futures):
-                counts[fut.result()] += 1
-                bar.update()
+    statuses = _ray(todo, out, data_dir, ray_address) if backend == "ray" \
+        else _local(todo, out, data_dir, jobs)
+    for status in statuses:
+        counts[status] += 1
+        bar.update()
     bar.close()
     return {**counts, "seconds": time.perf_counter() - start}

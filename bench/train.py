@@ -19,8 +19,21 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     status: str = "ok"
     diverged_step: int | None = None
+    last_finite: dict | None = None  # loss, -ELBO and KL of the last finite step (batch means)
     train_seconds: float = 0.0
     steps: int = 0
+
+
+def train_step(model, variant, opt, x: torch.Tensor, step: int, total: int, noise):
+    """One optimizer step on the variant's loss; returns (loss, terms), or None if the loss is
+    not finite (then nothing is updated)."""
+    loss, terms = variant.loss(model, x, step, total, noise)
+    if not torch.isfinite(loss):
+        return None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, terms
 
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -45,19 +58,21 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
         sums = torch.zeros(3, dtype=torch.float64, device=train_x.device)
         for i in range(per_epoch):
             x = x_all[order[i * batch_size:(i + 1) * batch_size]]
-            loss, terms = variant.loss(model, x, step, total, streams.noise)
-            if not torch.isfinite(loss):
+            out = train_step(model, variant, opt, x, step, total, streams.noise)
+            if out is None:
                 result.status, result.diverged_step = "diverged", step
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, terms = out
             with torch.no_grad():
-                elbo = terms.elbo()
-                sums += torch.stack([loss * len(x), -elbo.sum(), terms.kl.sum()]).double()
+                last = torch.stack([loss * len(x), -terms.elbo().sum(), terms.kl.sum()]).double()
+                sums += last
             step += 1
             bar.update()
         if result.status != "ok":
+            if step > 0:
+                values = (last / len(x)).tolist()
+                result.last_finite = {"step": step - 1, **dict(zip(("loss", "neg_elbo", "kl"),
+                                                                   values, strict=True))}
             break
         loss_m, nelbo_m, kl_m = (sums / n).tolist()
         elapsed = time.perf_counter() - start

@@ -1,0 +1,204 @@
+"""Throughput: training steps and importance-sampled evaluation against the hardware limit.
+
+Every figure is a ratio measured in one process, interleaved with its baseline so that machine
+noise cancels: ours against a minimal hand-written PyTorch training loop for the same model and
+batch (``HandWrittenVAE`` below, deliberately independent of ``variants.core``), and achieved
+GFLOP/s against the device's fp32 matmul peak measured in the same process. Medians of repeats.
+
+FLOP model: a Linear layer costs 2 * in * out per row forward and twice that backward; only the
+MLP layers are counted (activations, likelihood and optimizer are not), so the fraction of peak
+is a lower bound on how well the matmuls run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from variants import create as create_variant
+from variants.core import VAE
+
+from .metrics import encode, nll_is_points
+from .train import train_step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], n: int, device: torch.device) -> float:
+    """Seconds for n calls of fn, with the device synchronized around them."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def matmul_peak(device: torch.device, size: int = 2048, reps: int = 5) -> float:
+    """fp32 GFLOP/s of a size^3 matmul (the best of reps, after a warm-up)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    best = min(timed(lambda: a @ b, 3, device) / 3 for _ in range(reps))
+    return 2 * size**3 / best / 1e9
+
+
+def linear_flops(module: nn.Module) -> int:
+    """Forward FLOPs per row of every Linear layer in module."""
+    return sum(2 * m.in_features * m.out_features for m in module.modules()
+               if isinstance(m, nn.Linear))
+
+
+def step_flops(model: VAE, batch: int, samples: int) -> int:
+    """Forward + backward FLOPs of one training step: encoder per point, decoder per sample."""
+    forward = batch * linear_flops(model.encoder) + batch * samples * linear_flops(model.decoder)
+    return 3 * forward
+
+
+class HandWrittenVAE(nn.Module):
+    """The baseline: the plainest Gaussian VAE step one would write by hand for this model."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int):
+        super().__init__()
+        enc, dec, w = [], [], d_in
+        for h in hidden:
+            enc += [nn.Linear(w, h), nn.Tanh()]
+            w = h
+        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
+        w = d_z
+        for h in reversed(hidden):
+            dec += [nn.Linear(w, h), nn.Tanh()]
+            w = h
+        self.dec = nn.Sequential(*dec, nn.Linear(w, d_in))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = self.dec(z)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum() / len(x)
+        return rec + kl
+
+
+def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
+                     hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
+                     steps: int = 20, repeats: int = 5) -> dict:
+    """Train-step samples/s of ours and of the hand-written loop, interleaved; medians."""
+    variant = create_variant(variant_name)
+    model = VAE(d_in, variant.latent(latent), hidden=hidden).to(device)
+    base = HandWrittenVAE(d_in, hidden, latent).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
+    x = (torch.rand(batch, d_in, device=device) < 0.3).float()
+    noise = torch.Generator(device=device).manual_seed(0)
+
+    def ours() -> None:
+        train_step(model, variant, opt, x, 0, 1, noise)
+
+    def theirs() -> None:
+        loss = base.loss(x)
+        opt_base.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_base.step()
+
+    timed(ours, 5, device), timed(theirs, 5, device)  # warm-up, excluded
+    t_ours, t_base = [], []
+    for _ in range(repeats):
+        t_ours.append(timed(ours, steps, device))
+        t_base.append(timed(theirs, steps, device))
+    flops = step_flops(model, batch, variant.train_samples())
+    sec, sec_base = statistics.median(t_ours) / steps, statistics.median(t_base) / steps
+    ratios = [b / o for o, b in zip(t_ours, t_base, strict=True)]
+    return {"variant": variant_name, "batch": batch, "samples_per_s": batch / sec,
+            "baseline_samples_per_s": batch / sec_base,
+            "ratio_to_baseline": statistics.median(ratios),
+            "gflops": flops / sec / 1e9, "flops_per_step": flops}
+
+
+def eval_throughput(device: torch.device, k: int = 1000, points: int = 1000,
+                    hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
+                    repeats: int = 3) -> dict:
+    """IS evaluation: (points x K) decoder samples per second and decoder GFLOP/s; median."""
+    model = VAE(d_in, create_variant("vae").latent(latent), hidden=hidden).to(device).eval()
+    x = (torch.rand(points, d_in, device=device) < 0.3).float()
+    with torch.no_grad():
+        q = encode(model, x)
+        times = [timed(lambda: nll_is_points(model, q, x, k, seed=0), 1, device)
+                 for _ in range(repeats)]
+    sec = statistics.median(times)
+    flops = points * k * linear_flops(model.decoder)
+    return {"k": k, "points": points, "samples_per_s": points * k / sec,
+            "gflops": flops / sec / 1e9}
+
+
+def eval_peak_memory(k: int, points: int = 500, device: str = "cpu") -> dict:
+    """Peak extra memory of nll_is at K, measured in a fresh process (MiB above its baseline)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, torch, json
+from bench.throughput import eval_throughput
+dev = torch.device({device!r})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = eval_throughput(dev, k={k}, points={points}, repeats=1)
+if dev.type == "cuda":
+    extra = torch.cuda.max_memory_allocated() / 2**20
+else:
+    extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({{"k": {k}, "peak_mib": extra}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=600)
+    import json
+
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_all(device_name: str = "cpu", variants: list[str] | None = None, batch: int = 100,
+            k: int = 1000) -> dict:
+    from variants import REGISTRY
+
+    from .results import environment
+
+    device = torch.device(device_name)
+    peak = matmul_peak(device)
+    rows = [train_throughput(v, device, batch) for v in (variants or list(REGISTRY))]
+    for r in rows:
+        r["fraction_of_peak"] = r["gflops"] / peak
+    ev = eval_throughput(device, k=k)
+    ev["fraction_of_peak"] = ev["gflops"] / peak
+    mem = [eval_peak_memory(kk, device=device_name) for kk in (k, 10 * k)]
+    ev["peak_mib"] = {str(m["k"]): m["peak_mib"] for m in mem}
+    ev["memory_growth"] = mem[1]["peak_mib"] / max(mem[0]["peak_mib"], 1e-9) - 1
+    env = environment(device_name, {}, {})
+    return {"device": device_name, "matmul_peak_gflops": peak, "train": rows, "eval": ev,
+            "env": {k_: env[k_] for k_ in ("torch", "cpu", "cpu_capability", "threads",
+                                           "cuda_device", "git_commit")}}
+
+
+def format_table(result: dict) -> str:
+    hw = result["env"].get("cuda_device") or result["env"]["cpu_capability"]
+    lines = [f"device {result['device']} ({hw}, "
+             f"{result['env']['threads']} threads, torch {result['env']['torch']}): "
+             f"measured fp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s",
+             f"{'variant':10} {'samples/s':>10} {'hand-written':>12} {'ratio':>6} "
+             f"{'GFLOP/s':>8} {'of peak':>8}"]
+    for r in result["train"]:
+        lines.append(f"{r['variant']:10} {r['samples_per_s']:10.0f} "
+                     f"{r['baseline_samples_per_s']:12.0f} {r['ratio_to_baseline']:6.2f} "
+                     f"{r['gflops']:8.1f} {r['fraction_of_peak']:8.1%}")
+    ev = result["eval"]
+    lines.append(f"IS eval K={ev['k']}: {ev['samples_per_s']:.3g} point-samples/s, "
+                 f"{ev['gflops']:.1f} decoder GFLOP/s = {ev['fraction_of_peak']:.1%} of peak; "
+                 f"peak memory {ev['peak_mib']} MiB (growth K x10: {ev['memory_growth']:+.1%})")
+    return "\n".join(lines)
+

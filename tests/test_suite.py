@@ -1,0 +1,159 @@
+"""The grid: resume after SIGKILL, concurrent suites, divergence and failures, backends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.report import regression_frame, summarize, write_report
+from bench.suite import load_profile, run_suite
+
+TINY_PROFILE = """
+[profile]
+description = "test grid"
+seeds = [0, 1]
+
+[defaults]
+dataset = "digits"
+dtype = "float64"
+"model.hidden" = [16]
+"model.latent_dim" = 4
+"train.epochs" = {epochs}
+"eval.is_samples" = 20
+
+[[config]]
+label = "vae"
+variant = "vae"
+
+[[config]]
+label = "beta=2"
+variant = "beta"
+beta = 2.0
+
+[[config]]
+label = "iwae"
+variant = "iwae"
+k = 3
+"""
+
+
+def write_profile(tmp_path, name="tiny", epochs=3, extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY_PROFILE.format(epochs=epochs) + extra)
+    return path
+
+
+def suite_cmd(profile_path, results, *extra):
+    return [sys.executable, "-m", "bench.cli", "suite", "--profile", str(profile_path),
+            "--results", str(results), *extra]
+
+
+def frame(profile, results):
+    return regression_frame(summarize(profile, results))
+
+
+def complete_or_absent(runs: Path) -> list[str]:
+    """Names of visible run directories; each must hold every file of a finished record."""
+    names = [p.name for p in runs.iterdir() if not p.name.startswith(".")]
+    for name in names:
+        metrics = json.loads((runs / name / "metrics.json").read_text())
+        assert metrics["status"] in ("ok", "diverged", "failed")
+        for f in ("config.json", "env.json", "history.csv"):
+            assert (runs / name / f).is_file()
+    return names
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    profile = load_profile(str(write_profile(tmp, epochs=20)))
+    run_suite(profile, tmp / "results", progress=False)
+    return frame(profile, tmp / "results")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_runs_only_the_missing_runs(tmp_path, uninterrupted):
+    path = write_profile(tmp_path, epochs=20)
+    profile = load_profile(str(path))
+    runs = tmp_path / "results" / "tiny" / "runs"
+    proc = subprocess.Popen(suite_cmd(path, tmp_path / "results"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (runs.is_dir() and complete_or_absent(runs)):
+        time.sleep(0.05)
+    time.sleep(0.3)  # most likely in the middle of the next run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = complete_or_absent(runs)
+    assert 1 <= len(done) < 6, "the kill should land mid-grid"
+    out = subprocess.run(suite_cmd(path, tmp_path / "results"), capture_output=True, text=True,
+                         check=True)
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["skipped"] == len(done) and counts["ok"] == 6 - len(done)
+    assert not [p for p in runs.iterdir() if p.name.startswith(".tiny") or
+                (p.name.startswith(".") and p.name != ".locks")], "orphaned temporaries remain"
+    assert frame(profile, tmp_path / "results").equals(uninterrupted)
+
+
+@pytest.mark.slow
+def test_two_suites_on_one_results_directory(tmp_path, uninterrupted):
+    path = write_profile(tmp_path, epochs=20)
+    profile = load_profile(str(path))
+    procs = [subprocess.Popen(suite_cmd(path, tmp_path / "results"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert len(complete_or_absent(tmp_path / "results" / "tiny" / "runs")) == 6
+    assert frame(profile, tmp_path / "results").equals(uninterrupted)
+
+
+def test_divergence_and_failure_are_recorded_and_the_grid_goes_on(tmp_path):
+    extra = """
+[[config]]
+label = "exploding"
+variant = "vae"
+"train.lr" = 1e30
+
+[[config]]
+label = "bad-groups"
+variant = "free-bits"
+groups = 3
+"""
+    profile = load_profile(str(write_profile(tmp_path, epochs=2, extra=extra)))
+    counts = run_suite(profile, tmp_path / "results", progress=False)
+    assert counts["ok"] == 6 and counts["diverged"] == 2 and counts["failed"] == 2
+    summary = summarize(profile, tmp_path / "results")
+    diverged = summary[summary["label"] == "exploding"]
+    assert (diverged["status"] == "diverged").all() and (diverged["diverged_step"] >= 0).all()
+    failed = summary[summary["label"] == "bad-groups"]
+    assert failed["error"].str.contains("groups=3 does not divide the 4 latent units").all()
+    write_report(profile, tmp_path / "results", tmp_path / "reports")
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "## Runs that did not finish" in report and "exploding" in report
+    assert "bad-groups" in report and "diverged" in report
+    # a diverged run keeps the step it stopped at and the last finite training metrics
+    for name in diverged["run"]:
+        m = json.loads((tmp_path / "results" / "tiny" / "runs" / name / "metrics.json")
+                       .read_text())
+        assert m["diverged_step"] >= 1  # the first step starts from a finite initialization
+        assert m["last_finite"]["step"] == m["diverged_step"] - 1
+        assert all(abs(m["last_finite"][k]) < float("inf") for k in ("loss", "neg_elbo", "kl"))
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_the_local_backend(tmp_path, uninterrupted):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    path = write_profile(tmp_path, epochs=20)
+    profile = load_profile(str(path))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    out = subprocess.run(suite_cmd(path, tmp_path / "results", "--backend", "ray"),
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["ok"] == 6
+    assert frame(profile, tmp_path / "results").equals(uninterrupted)
