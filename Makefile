@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= dev,mnist
+EXTRAS ?= dev,mnist,ray
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
@@ -10,7 +10,7 @@ JOBS   ?= 1
 RESULTS ?= results
 VB     := $(VENV)/bin/vae-bench
 
-.PHONY: setup test smoke bench bench-check report reference lint clean
+.PHONY: setup test smoke bench bench-check bench-speed throughput report reference lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,14 @@ bench-check: setup
 	$(VB) suite --profile default --jobs $(JOBS) --results build/bench-check
 	$(VB) report --profile default --results build/bench-check --reports build/bench-check/reports
 	$(VB) compare build/bench-check/default/summary.csv results/default/summary.csv
+
+# Speed figures (never part of `make test`): pytest-benchmark JSON and the throughput table.
+bench-speed: setup
+	$(PY) -m pytest benchmarks -q --benchmark-autosave \
+		--benchmark-storage=results/throughput/pytest-benchmark
+
+throughput: setup
+	$(VB) throughput --device cpu
 
 # Regenerate the CI reference (refused unless SUITE_VERSION in bench/config.py was bumped).
 reference: setup

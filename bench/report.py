@@ -174,6 +174,43 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
     return paths
 
 
+# ---- throughput ----------------------------------------------------------------------------
+def throughput_section(results: Path) -> str:
+    """CPU and GPU columns from results/throughput/{cpu,cuda}.json ("n/a" where absent)."""
+    found = {dev: read_json(results / "throughput" / f"{dev}.json")
+             for dev in ("cpu", "cuda") if (results / "throughput" / f"{dev}.json").exists()}
+    if not found:
+        return "No throughput measured yet: run `vae-bench throughput`."
+    names = list(dict.fromkeys(r["variant"] for t in found.values() for r in t["train"]))
+
+    def cell(dev: str, name: str) -> str:
+        rows = [r for r in found.get(dev, {}).get("train", []) if r["variant"] == name]
+        if not rows:
+            return "n/a"
+        r = rows[0]
+        return (f"{r['samples_per_s']:,.0f}/s ({r['ratio_to_baseline']:.2f}× hand-written, "
+                f"{r['fraction_of_peak']:.0%} of peak)")
+
+    table = pd.DataFrame([{"train step (batch 100)": n, "CPU": cell("cpu", n),
+                           "GPU": cell("cuda", n)} for n in names])
+
+    def eval_cell(dev: str) -> str:
+        ev = found.get(dev, {}).get("eval")
+        if not ev:
+            return "n/a"
+        return (f"{ev['samples_per_s']:,.0f} point-samples/s, {ev['fraction_of_peak']:.0%} of "
+                f"peak; memory +{ev['memory_growth']:.0%} from K={ev['k']} to {10 * ev['k']}")
+
+    table.loc[len(table)] = {"train step (batch 100)": "IS evaluation", "CPU": eval_cell("cpu"),
+                             "GPU": eval_cell("cuda")}
+    hw = "; ".join(f"{dev}: {t['env'].get('cuda_device') or t['env']['cpu_capability']}, "
+                   f"{t['env']['threads']} threads, torch {t['env']['torch']}, measured matmul "
+                   f"peak {t['matmul_peak_gflops']:.0f} GFLOP/s" for dev, t in found.items())
+    return (f"{_markdown(table)}\n\nMeasured by `vae-bench throughput` ({hw}). Ratios are "
+            "medians of interleaved repeats in one process; peak is the fp32 matmul rate "
+            "measured in the same process.")
+
+
 # ---- the report -----------------------------------------------------------------------------
 def _markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
@@ -241,6 +278,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         lines += ["", "## Published numbers beside ours", "", _markdown(pub), "",
                   "Protocols differ where the table says so; a gap is expected where ours trains "
                   "for minutes and theirs for days."]
+    lines += ["", "## Throughput", "", throughput_section(Path(results))]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(reports).as_posix()})" for p in figure_paths]
     return "\n".join(lines) + "\n"

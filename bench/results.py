@@ -109,5 +109,16 @@ def run_lock(target: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def ensure_writable(directory: Path) -> None:
+    """Fail before any work if results cannot be written under ``directory``."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"results directory is not writable ({e.strerror})",
+                      str(directory)) from None
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

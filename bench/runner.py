@@ -4,6 +4,7 @@ run directory. The runner knows the Variant protocol and never a concrete varian
 from __future__ import annotations
 
 import copy
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from variants.core import VAE
 from . import data as data_mod
 from .config import SUITE_VERSION, RunConfig, from_dict, resolve, run_id, to_dict
 from .metrics import evaluate
-from .results import environment, read_json, run_lock, write_run
+from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
 from .train import fit
 
@@ -49,6 +50,7 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
     """Train and evaluate one run; return its directory (an existing finished one is reused)."""
     check_device(cfg.device)
     cfg = resolve(cfg)
+    ensure_writable(Path(out))
     target = Path(out) / run_name(cfg)
     if (target / "metrics.json").exists():
         return target
@@ -120,7 +122,8 @@ def load_run(run_dir: Path, data_dir: str | None = None):
         state = torch.load(run_dir / "model.pt", map_location=cfg.device, weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # pickle payloads, foreign checkpoints, shape mismatches
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
         raise ConfigError(f"{run_dir / 'model.pt'}: not a vae-bench state dict "
                           f"loadable with weights_only=True ({first})") from None
     return cfg, model, dataset

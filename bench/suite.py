@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from variants.base import ConfigError
 
 from .config import RunConfig, apply_overrides, resolve, to_dict
-from .results import environment, read_json, write_run
+from .results import ensure_writable, environment, read_json, write_run
 
 PROFILES = Path(__file__).parent / "profiles"
 RESERVED = {"label", "variant"}
@@ -193,7 +193,7 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     total, todo = len(grid(profile)), [cfg for _, cfg in pending(profile, results)]
     out = runs_dir(results, profile)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=not show,
                desc=profile.name)

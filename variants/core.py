@@ -109,7 +109,8 @@ class VAE(nn.Module):
         if self.likelihood == "gaussian" and len(self.decoder) == 1 \
                 and isinstance(self.latent, GaussianLatent):
             w, b = self.decoder[0].weight.double(), self.decoder[0].bias.double()
-            cov = w @ w.T + torch.exp(self.log_var.double()) * torch.eye(len(b), dtype=w.dtype)
+            eye = torch.eye(len(b), dtype=w.dtype, device=w.device)
+            cov = w @ w.T + torch.exp(self.log_var.double()) * eye
             mvn = torch.distributions.MultivariateNormal(b, covariance_matrix=cov)
             return mvn.log_prob(x.double())
         return None
