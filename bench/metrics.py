@@ -16,7 +16,7 @@ from torch import Tensor
 from .seeding import generator
 
 IS_BLOCK = 100  # test points per importance-sampling block (fixes which noise each point gets)
-IS_CHUNK = 100  # samples per decoder call; memory is O(IS_BLOCK * IS_CHUNK), independent of K
+IS_CHUNK = 50  # samples per decoder call; memory is O(IS_BLOCK * IS_CHUNK), independent of K
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2: Cov_x(E_q[u|x]) > 10^-2
 
 

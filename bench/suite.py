@@ -177,9 +177,10 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
                           "allowed without it: local") from None
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True, configure_logging=False)
-    task = ray.remote(run_one).options(num_cpus=1, max_retries=3, retry_exceptions=False)
-    refs = [task.options(num_gpus=1 if cfg.device == "cuda" else 0).remote(
-        cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
+    task = ray.remote(run_one)
+    refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
+                         retry_exceptions=False).remote(cfg, str(out.resolve()), data_dir, 1)
+            for cfg in configs]
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
         yield ray.get(done[0])

@@ -162,3 +162,19 @@ def test_trained_encoder_is_estimate_matches_exact_nll(trained_linear_gaussian):
     # at K = 1000 in 5 dimensions, and never below the truth by more than its noise.
     assert -3 * m["is_gap_se"] <= m["is_gap"] <= 0.02
     assert m["nll_exact"] <= m["neg_elbo"]
+
+
+def test_evaluation_likelihood_path_equals_the_training_path():
+    from variants.core import bernoulli_log_prob
+
+    torch.manual_seed(0)
+    model = VAE(30, GaussianLatent(4), hidden=(16, 8)).double()
+    x = (torch.rand(7, 30, dtype=torch.float64) < 0.4).double()
+    z = torch.randn(5, 7, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fast = model.log_likelihood(x, z)  # the weight-side form used under no_grad
+        plain = bernoulli_log_prob(x, model.decoder(z))
+        ref = torch.distributions.Bernoulli(logits=model.decoder(z)).log_prob(x).sum(-1)
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(plain, ref, rtol=1e-12, atol=1e-10)
+    assert torch.equal(model.log_likelihood(x, z).detach(), plain)  # grad mode: the plain form
