@@ -69,32 +69,65 @@ def elbo_terms(model, q, x: Tensor, samples: int, gen: torch.Generator) -> dict[
 
 
 @torch.no_grad()
-def is_log_weights(model, q, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """log w_ik = log p(x_i|z_ik) + log p(z_ik) - log q(z_ik|x_i), z_ik ~ q; shape (k, B), float64.
+def iter_log_weights(model, q, x: Tensor, k: int, gen: torch.Generator):
+    """Chunks of log w_ik = log p(x_i|z_ik) + log p(z_ik) - log q(z_ik|x_i), z_ik ~ q, each of
+    shape (chunk, B) in float64, K samples in all.
 
     The encoder is not called: ``q`` is the posterior of ``x``, computed once. Samples are drawn in
     chunks of IS_CHUNK so that each decoder call is one large matmul over chunk x points.
     """
-    chunks = []
     for start in range(0, k, IS_CHUNK):
         z = q.sample(min(IS_CHUNK, k - start), gen)
-        log_w = model.log_likelihood(x, z) + q.prior_log_prob(z) - q.log_prob(z)
-        chunks.append(log_w.double())
-    return torch.cat(chunks)
+        yield (model.log_likelihood(x, z) + q.prior_log_prob(z) - q.log_prob(z)).double()
+
+
+def is_log_weights(model, q, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """All K log-weights at once, shape (K, B) (for tests and small K)."""
+    return torch.cat(list(iter_log_weights(model, q, x, k, gen)))
+
+
+class StreamingLogSumExp:
+    """logsumexp over chunks of rows without keeping them: a running max m and the sums
+    s1 = sum exp(w - m), s2 = sum exp(2 (w - m)), rescaled when m grows. The result is the one
+    logsumexp over all K (m + log s1); the normalized ESS is s1^2 / (K s2). Memory O(B), not O(KB).
+    """
+
+    def __init__(self) -> None:
+        self.m = self.s1 = self.s2 = None
+
+    def add(self, w: Tensor) -> None:
+        m_new = w.max(0).values if self.m is None else torch.maximum(self.m, w.max(0).values)
+        e = torch.exp(w - m_new)
+        if self.m is None:
+            self.s1, self.s2 = e.sum(0), (e * e).sum(0)
+        else:
+            scale = torch.exp(self.m - m_new)
+            self.s1 = self.s1 * scale + e.sum(0)
+            self.s2 = self.s2 * scale * scale + (e * e).sum(0)
+        self.m = m_new
+
+    def logsumexp(self) -> Tensor:
+        return self.m + torch.log(self.s1)
+
+    def ess(self, k: int) -> Tensor:
+        return self.s1**2 / self.s2 / k
 
 
 def nll_is_points(model, q, x: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
     """Per point: -[logsumexp_k log w_ik - log K] and the normalized ESS (sum w)^2 / (K sum w^2).
 
-    One logsumexp over all K in float64 (Burda et al. 2016, eq. 8 used as an estimator). Point i's
-    noise depends only on (seed, block of i), never on the training seed or any batch size.
+    One logsumexp over all K in float64 (Burda et al. 2016, eq. 8 used as an estimator), taken
+    as the chunks stream past, so memory does not grow with K. Point i's noise depends only on
+    (seed, block of i), never on the training seed or any batch size.
     """
     nll, ess = [], []
     for block, i in enumerate(range(0, len(x), IS_BLOCK)):
         gen = generator(seed, "nll_is", block, device=x.device)
-        log_w = is_log_weights(model, q.slice(i, i + IS_BLOCK), x[i:i + IS_BLOCK], k, gen)
-        nll.append(math.log(k) - torch.logsumexp(log_w, dim=0))
-        ess.append(1.0 / (torch.softmax(log_w, dim=0) ** 2).sum(0) / k)
+        acc = StreamingLogSumExp()
+        for log_w in iter_log_weights(model, q.slice(i, i + IS_BLOCK), x[i:i + IS_BLOCK], k, gen):
+            acc.add(log_w)
+        nll.append(math.log(k) - acc.logsumexp())
+        ess.append(acc.ess(k))
     return torch.cat(nll), torch.cat(ess)
 
 

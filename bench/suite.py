@@ -21,6 +21,7 @@ import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -160,7 +161,8 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
             yield run_one(cfg, out, data_dir, 0)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
         for fut in as_completed(futures):
             yield fut.result()

@@ -19,6 +19,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from variants import create as create_variant
 from variants.core import VAE
@@ -139,28 +142,46 @@ def eval_throughput(device: torch.device, k: int = 1000, points: int = 1000,
             "gflops": flops / sec / 1e9}
 
 
-def eval_peak_memory(k: int, points: int = 500, device: str = "cpu") -> dict:
-    """Peak extra memory of nll_is at K, measured in a fresh process (MiB above its baseline)."""
-    import subprocess
-    import sys
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storage created inside the block, on any device.
 
-    code = f"""
-import resource, torch, json
-from bench.throughput import eval_throughput
-dev = torch.device({device!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = eval_throughput(dev, k={k}, points={points}, repeats=1)
-if dev.type == "cuda":
-    extra = torch.cuda.max_memory_allocated() / 2**20
-else:
-    extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-print(json.dumps({{"k": {k}, "peak_mib": extra}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=600)
-    import json
+    Process RSS is not a measure of an algorithm's memory (the C allocator's fragmentation and
+    caching dominate it), and CPU tensors have no allocator statistics; so every storage an
+    operator returns is counted until it is freed (tracked with storage weak references).
+    """
 
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                del self.live[key]
+                self.current -= nbytes
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def eval_peak_memory(k: int, points: int = 200, device: torch.device | None = None) -> float:
+    """Peak MiB of tensors alive during nll_is at K (model and data excluded)."""
+    device = device or torch.device("cpu")
+    model = VAE(784, create_variant("vae").latent(50)).to(device).eval()
+    x = (torch.rand(points, 784, device=device) < 0.3).float()
+    with torch.no_grad():
+        q = encode(model, x)
+        with PeakTensorMemory() as mem:
+            nll_is_points(model, q, x, k, seed=0)
+    return mem.peak / 2**20
 
 
 def run_all(device_name: str = "cpu", variants: list[str] | None = None, batch: int = 100,
@@ -176,9 +197,9 @@ def run_all(device_name: str = "cpu", variants: list[str] | None = None, batch: 
         r["fraction_of_peak"] = r["gflops"] / peak
     ev = eval_throughput(device, k=k)
     ev["fraction_of_peak"] = ev["gflops"] / peak
-    mem = [eval_peak_memory(kk, device=device_name) for kk in (k, 10 * k)]
-    ev["peak_mib"] = {str(m["k"]): m["peak_mib"] for m in mem}
-    ev["memory_growth"] = mem[1]["peak_mib"] / max(mem[0]["peak_mib"], 1e-9) - 1
+    mem = {kk: eval_peak_memory(kk, device=device) for kk in (k, 10 * k)}
+    ev["peak_mib"] = {str(kk): v for kk, v in mem.items()}
+    ev["memory_growth"] = mem[10 * k] / mem[k] - 1
     env = environment(device_name, {}, {})
     return {"device": device_name, "matmul_peak_gflops": peak, "train": rows, "eval": ev,
             "env": {k_: env[k_] for k_ in ("torch", "cpu", "cpu_capability", "threads",

@@ -178,3 +178,17 @@ def test_evaluation_likelihood_path_equals_the_training_path():
     torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(plain, ref, rtol=1e-12, atol=1e-10)
     assert torch.equal(model.log_likelihood(x, z).detach(), plain)  # grad mode: the plain form
+
+
+def test_streaming_logsumexp_equals_one_logsumexp_over_all_k():
+    model, w, b, sigma, x = linear_gaussian_model()
+    q = exact_posterior(w, b, sigma, x)
+    q = GaussianPosterior(q.mu - 0.4, q.logvar + 1.0)  # a poor proposal: weights spread widely
+    k = 730  # several chunks and a short last one
+    nll, ess = metrics.nll_is_points(model, q, x, k, seed=9)
+    log_w = metrics.is_log_weights(model, q, x, k, metrics.generator(9, "nll_is", 0))
+    ref = math.log(k) - torch.logsumexp(log_w, dim=0)
+    ref_ess = 1.0 / (torch.softmax(log_w, dim=0) ** 2).sum(0) / k
+    torch.testing.assert_close(nll, ref, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(ess, ref_ess, rtol=1e-12, atol=1e-12)
+    assert (ess < 0.9).all() and (ess > 0).all()

@@ -147,6 +147,14 @@ groups = 3
 
 
 @pytest.mark.slow
+def test_process_pool_matches_in_process(tmp_path, uninterrupted):
+    profile = load_profile(str(write_profile(tmp_path, epochs=20)))
+    counts = run_suite(profile, tmp_path / "results", jobs=2, progress=False)
+    assert counts["ok"] == 6
+    assert frame(profile, tmp_path / "results").equals(uninterrupted)
+
+
+@pytest.mark.slow
 def test_ray_backend_matches_the_local_backend(tmp_path, uninterrupted):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     path = write_profile(tmp_path, epochs=20)
