@@ -131,13 +131,6 @@ def nll_is_points(model, q, x: Tensor, k: int, seed: int) -> tuple[Tensor, Tenso
     return torch.cat(nll), torch.cat(ess)
 
 
-def nll_is(model, q, x: Tensor, k: int, seed: int) -> dict[str, float]:
-    """Mean IS negative log-likelihood, its standard error over points, and the mean ESS."""
-    nll, ess = nll_is_points(model, q, x, k, seed)
-    return {**dict(zip(("nll_is", "nll_is_se"), mean_se(nll), strict=True)),
-            "ess": ess.mean().item()}
-
-
 def active_units(q, threshold: float = ACTIVE_THRESHOLD) -> dict[str, float]:
     """Units whose activity statistic varies over the split: Var_x summed over its classes > delta.
 
