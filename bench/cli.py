@@ -223,6 +223,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .allocator import tune
+
+    tune()
     p = parser()
     args = p.parse_args(argv)
     try:

@@ -125,8 +125,10 @@ def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int)
     """Run one grid point; any failure becomes a record with status 'failed' and its error."""
     import torch
 
+    from .allocator import tune
     from .runner import execute, run_name
 
+    tune()  # in every worker process, whatever the backend
     out = Path(out)
     if threads:
         torch.set_num_threads(threads)

@@ -12,6 +12,7 @@ is a lower bound on how well the matmuls run.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -67,22 +68,45 @@ def step_flops(model: VAE, batch: int, samples: int) -> int:
 
 
 class HandWrittenVAE(nn.Module):
-    """The baseline: the plainest Gaussian VAE step one would write by hand for this model."""
+    """The baseline: the plainest VAE step one would write by hand for the same model.
 
-    def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int):
+    Gaussian latent of size d_z (k > 1: the k-sample IWAE bound), or with ``categorical=(N, C)``
+    the Gumbel-Softmax VAE through ``F.gumbel_softmax`` and the categorical KL.
+    """
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int, k: int = 1,
+                 categorical: tuple[int, int] | None = None):
         super().__init__()
+        self.k, self.categorical = k, categorical
+        d_enc = 2 * d_z if categorical is None else categorical[0] * categorical[1]
         enc, dec, w = [], [], d_in
         for h in hidden:
             enc += [nn.Linear(w, h), nn.Tanh()]
             w = h
-        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
-        w = d_z
+        self.enc = nn.Sequential(*enc, nn.Linear(w, d_enc))
+        w = d_z if categorical is None else d_enc
         for h in reversed(hidden):
             dec += [nn.Linear(w, h), nn.Tanh()]
             w = h
         self.dec = nn.Sequential(*dec, nn.Linear(w, d_in))
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
+        if self.categorical is not None:
+            logits = self.enc(x).unflatten(-1, self.categorical)
+            y = F.gumbel_softmax(logits, tau=1.0).flatten(-2)
+            rec = F.binary_cross_entropy_with_logits(self.dec(y), x, reduction="sum") / len(x)
+            logp = torch.log_softmax(logits, -1)
+            kl = (logp.exp() * (logp + math.log(self.categorical[1]))).sum() / len(x)
+            return rec + kl
+        if self.k > 1:
+            mu, logvar = self.enc(x).chunk(2, dim=-1)
+            std = torch.exp(0.5 * logvar)
+            eps = torch.randn(self.k, *mu.shape)
+            z = mu + std * eps
+            log_px = -F.binary_cross_entropy_with_logits(
+                self.dec(z), x.expand(self.k, *x.shape), reduction="none").sum(-1)
+            log_w = log_px - 0.5 * (z**2).sum(-1) + 0.5 * (eps**2 + logvar).sum(-1)
+            return -(torch.logsumexp(log_w, 0) - math.log(self.k)).mean()
         mu, logvar = self.enc(x).chunk(2, dim=-1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         logits = self.dec(z)
@@ -96,8 +120,10 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
                      steps: int = 20, repeats: int = 5) -> dict:
     """Train-step samples/s of ours and of the hand-written loop, interleaved; medians."""
     variant = create_variant(variant_name)
-    model = VAE(d_in, variant.latent(latent), hidden=hidden).to(device)
-    base = HandWrittenVAE(d_in, hidden, latent).to(device)
+    lat = variant.latent(latent)
+    model = VAE(d_in, lat, hidden=hidden).to(device)
+    categorical = (lat.n_vars, lat.n_classes) if hasattr(lat, "n_classes") else None
+    base = HandWrittenVAE(d_in, hidden, latent, variant.train_samples(), categorical).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
     x = (torch.rand(batch, d_in, device=device) < 0.3).float()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,26 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
 
 @dataclass
 class Terms:
-    """Per-sample terms of the variational bound; S samples for a batch of B points."""
+    """Per-sample terms of the variational bound; S samples for a batch of B points.
+
+    log q(z|x) and log p(z) are computed on first use: objectives with the analytic KL never
+    need them, and a training step should not pay for what it does not use.
+    """
 
     log_px_z: Tensor  # (S, B)  log p(x | z_s)
-    log_qz: Tensor  # (S, B)  log q(z_s | x)
-    log_pz: Tensor  # (S, B)  log p(z_s)
     kl: Tensor  # (B, U)  analytic KL(q(z|x) || p(z)) per latent unit
+    posterior: object  # q(z|x) of the batch
+    z: Tensor  # (S, B, Z) the samples
+
+    @cached_property
+    def log_qz(self) -> Tensor:
+        """(S, B) log q(z_s | x)."""
+        return self.posterior.log_prob(self.z)
+
+    @cached_property
+    def log_pz(self) -> Tensor:
+        """(S, B) log p(z_s)."""
+        return self.posterior.prior_log_prob(self.z)
 
     @property
     def log_weights(self) -> Tensor:
@@ -132,4 +147,4 @@ class VAE(nn.Module):
                 **sample_opts) -> Terms:
         q = self.encode(x)
         z = q.rsample(n_samples, generator, **sample_opts)
-        return Terms(self.log_likelihood(x, z), q.log_prob(z), q.prior_log_prob(z), q.kl())
+        return Terms(self.log_likelihood(x, z), q.kl(), q, z)
