@@ -1,4 +1,5 @@
-"""Thin argparse front: vae-bench run | evaluate | suite | report | variants | datasets.
+"""Thin argparse front: vae-bench run | evaluate | suite | report | compare | reference |
+throughput | variants | datasets.
 
 Bad names or values end with a one-line error naming what is allowed, exit code 2, before any
 training; runtime failures exit 1.

@@ -8,13 +8,12 @@ every training seed, variant and batch size.
 
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-TRAIN_STREAMS = ("init", "data", "binarize", "noise")
 
 
 def derive(seed: int, *names: str | int) -> int:
@@ -29,24 +28,28 @@ def generator(seed: int, *names: str | int, device: str | torch.device = "cpu") 
 
 @dataclass
 class Streams:
-    """The training streams of one run: parameter init, data order, binarization, z-noise."""
+    """The training streams of one run: data order, binarization, z-noise. (Parameter init draws
+    from the global generator seeded with ``derive(seed, "init")`` inside ``fork_rng``, because
+    nn.Linear initializes from it; see ``bench.runner.build_model``.)"""
 
-    init: torch.Generator
     data: torch.Generator
     binarize: torch.Generator
     noise: torch.Generator
 
     @classmethod
     def from_seed(cls, seed: int, device: str | torch.device = "cpu") -> Streams:
-        # init, data order and binarization happen on the CPU; z-noise is drawn on the device.
-        return cls(generator(seed, "init"), generator(seed, "data"),
+        # data order and binarization happen on the CPU; z-noise is drawn on the device.
+        return cls(generator(seed, "data"),
                    generator(seed, "binarize"), generator(seed, "noise", device=device))
 
 
 def set_deterministic(enabled: bool) -> dict:
     """Set torch's deterministic flags and return what was set (recorded in env.json)."""
+    if enabled:  # deterministic cuBLAS needs a fixed workspace (PyTorch reproducibility notes)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = False
     return {"use_deterministic_algorithms": enabled, "cudnn.deterministic": enabled,
-            "cudnn.benchmark": False}
+            "cudnn.benchmark": False,
+            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
