@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_flatten
 
 from variants import create as create_variant
 from variants.core import VAE
+from variants.latents import GaussianLatent
 
 from .metrics import encode, nll_is_points
 from .train import train_step
@@ -156,7 +157,7 @@ def eval_throughput(device: torch.device, k: int = 1000, points: int = 1000,
                     hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
                     repeats: int = 3) -> dict:
     """IS evaluation: (points x K) decoder samples per second and decoder GFLOP/s; median."""
-    model = VAE(d_in, create_variant("vae").latent(latent), hidden=hidden).to(device).eval()
+    model = VAE(d_in, GaussianLatent(latent), hidden=hidden).to(device).eval()
     x = (torch.rand(points, d_in, device=device) < 0.3).float()
     with torch.no_grad():
         q = encode(model, x)
@@ -201,7 +202,7 @@ class PeakTensorMemory(TorchDispatchMode):
 def eval_peak_memory(k: int, points: int = 200, device: torch.device | None = None) -> float:
     """Peak MiB of tensors alive during nll_is at K (model and data excluded)."""
     device = device or torch.device("cpu")
-    model = VAE(784, create_variant("vae").latent(50)).to(device).eval()
+    model = VAE(784, GaussianLatent(50)).to(device).eval()
     x = (torch.rand(points, 784, device=device) < 0.3).float()
     with torch.no_grad():
         q = encode(model, x)
