@@ -95,8 +95,8 @@ def test_sigkill_then_resume_runs_only_the_missing_runs(tmp_path, uninterrupted)
                          check=True)
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["skipped"] == len(done) and counts["ok"] == 6 - len(done)
-    assert not [p for p in runs.iterdir() if p.name.startswith(".tiny") or
-                (p.name.startswith(".") and p.name != ".locks")], "orphaned temporaries remain"
+    leftovers = [p.name for p in runs.iterdir() if p.name.startswith(".") and p.name != ".locks"]
+    assert not leftovers, f"orphaned temporaries remain: {leftovers}"
     assert frame(profile, tmp_path / "results").equals(uninterrupted)
 
 
