@@ -17,7 +17,7 @@ from typing import Any
 from variants import create as create_variant
 from variants.base import ConfigError, Param
 
-SUITE_VERSION = "3"  # bump when numbers legitimately change (estimator, protocol, defaults)
+SUITE_VERSION = "4"  # bump when numbers legitimately change (estimator, protocol, defaults)
 
 
 def fld(default: Any, doc: str, **bounds: Any) -> Any:

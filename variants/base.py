@@ -121,8 +121,9 @@ class Variant:
 
     def objective(self, terms, step: int, total_steps: int) -> Tensor:
         """Negative ELBO with the analytic KL: -E_q log p(x|z) + w(step) * regularizer(KL)."""
-        recon = -terms.log_px_z.mean()
-        return recon + self.kl_weight(step, total_steps) * self.regularizer(terms.kl)
+        weight = self.kl_weight(step, total_steps)
+        reg = self.regularizer(terms.kl)
+        return (reg if weight == 1.0 else weight * reg) - terms.log_px_z.mean()
 
     # ---- assembled once -----------------------------------------------------------------------
     def loss(self, model, x: Tensor, step: int, total_steps: int, generator=None):

@@ -34,20 +34,104 @@ def mlp(n_in: int, hidden: Sequence[int], n_out: int, activation: str) -> nn.Seq
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """log Bernoulli(x; sigmoid(l)) = x l - softplus(l), summed over the last axis (exact, stable)."""
-    return (x * logits - F.softplus(logits)).sum(-1)
+    """log Bernoulli(x; sigmoid(l)) summed over the last axis: x l - softplus(l), exact and stable.
 
-
-def bernoulli_log_prob_linear(x: Tensor, h: Tensor, out: nn.Linear) -> Tensor:
-    """``bernoulli_log_prob(x, out(h))`` with the x-term through the weights, not the logits.
-
-    With logits l = h W^T + b: sum_d x_d l_d = h . (x W) + x . b, a (B, H) product per point
-    shared by all S samples; only softplus is evaluated over the (S, B, D) logits. Same value,
-    one pass over the largest tensor instead of three: 6 % faster importance sampling at K = 1000
-    (but slower to backpropagate, so training keeps the plain form).
+    Computed by the fused binary cross-entropy kernel (one pass forward and one backward instead
+    of four elementwise passes each); x and the logits broadcast against each other.
     """
-    xw, xb = x @ out.weight, x @ out.bias  # (B, H), (B,)
-    return (h * xw).sum(-1) + xb - F.softplus(out(h)).sum(-1)
+    if logits.shape != x.shape:
+        logits, x = torch.broadcast_tensors(logits, x)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def _group_size(d: int, limit: int = 126) -> int:
+    """The largest divisor of d that is at most limit."""
+    return max(g for g in range(1, min(d, limit) + 1) if d % g == 0)
+
+
+def softplus_sum_(logits: Tensor) -> Tensor:
+    """sum_d softplus(l_d) over the last axis of a (rows, D) tensor, which it overwrites.
+
+    softplus(l) = relu(l) - log sigmoid(|l|), and the logs of groups of g <= 126 factors are taken
+    as one log of their product: sigmoid(|l|) lies in [1/2, 1], so a product of 126 factors is at
+    least 2^-126, still a normal float32. Instead of a log1p and an exp per element (softplus), one
+    sigmoid per element and a log per group: 0.49 against 0.81 ns per element, measured here.
+    Rounding: each sigmoid is within half an ulp of 1 (6e-8 absolute in its log) and a product of
+    g factors adds at most g ulps, the order of float32 rounding of a 784-term sum. Measured on the
+    default decoder: the log-likelihood's relative error against float64 is ~2e-7, the same as
+    the straightforward float32 computation's (tests/test_metrics.py bounds both).
+    """
+    rows, d = logits.shape
+    g = _group_size(d)
+    relu = logits.clamp_min(0).sum(-1)
+    products = logits.abs_().sigmoid_().view(rows, d // g, g).prod(-1)
+    return relu - products.log_().sum(-1)
+
+
+#: rows of logits per tile in evaluation: a tile of (rows, D) float32 logits stays in the L2/L3
+#: cache between the matmul that writes it and the softplus that reads it. Measured on the 2-core
+#: CI kind at D = 784, K = 1000: 1024-row tiles ran the decoder 20-25 % faster than 5000 rows.
+EVAL_TILE_ROWS = 1024
+
+
+class InferenceDecoder:
+    """The decoder MLP rewritten for no-grad evaluation: the same function in fewer passes.
+
+    - tanh(a) = 2 sigmoid(2a) - 1, and the affine map 2s - 1 is folded into the next layer's weights
+      (W' = 2W, b' = b - W 1): a tanh layer becomes one matmul and one in-place sigmoid, whose
+      kernel is 4-7x faster than tanh's on the CPUs measured (float32 tanh was a third of the
+      importance sampler's non-matmul time). Other activations are kept as they are.
+    - For a Bernoulli likelihood, sum_d x_d l_d goes through the weights (h . (x W) + x . b, one
+      (B, H) product per point shared by all samples), so only softplus is evaluated over the
+      logits, tile by tile (``EVAL_TILE_ROWS``) while they are still in cache.
+
+    Same value as ``decoder`` up to float rounding (tests/test_metrics.py states the tolerance).
+    Folded weights are computed in float64 and cast back.
+    """
+
+    def __init__(self, decoder: nn.Sequential):
+        mods = list(decoder)
+        self.layers: list[tuple[Tensor, Tensor, nn.Module | None]] = []
+        scale, shift = 1.0, 0.0  # the next layer's input h = scale * stored + shift
+        for i in range(0, len(mods) - 1, 2):
+            lin, act = mods[i], mods[i + 1]
+            w, b = self._affine(lin, scale, shift)
+            if isinstance(act, nn.Tanh):
+                self.layers.append((2 * w, 2 * b, None))  # stored s = sigmoid(2a); h = 2 s - 1
+                scale, shift = 2.0, -1.0
+            else:
+                self.layers.append((w, b, act))
+                scale, shift = 1.0, 0.0
+        self.out_weight, self.out_bias = self._affine(mods[-1], scale, shift)
+
+    @staticmethod
+    def _affine(lin: nn.Linear, scale: float, shift: float) -> tuple[Tensor, Tensor]:
+        w64, b64 = lin.weight.double(), lin.bias.double()
+        return ((scale * w64).to(lin.weight.dtype),
+                (b64 + shift * w64.sum(1)).to(lin.bias.dtype))
+
+    def hidden(self, z: Tensor) -> Tensor:
+        """The last hidden representation (as stored) for rows of z, shape (rows, H)."""
+        h = z
+        for w, b, act in self.layers:
+            h = torch.addmm(b, h, w.T)
+            h = h.sigmoid_() if act is None else act(h)
+        return h
+
+    def __call__(self, z: Tensor) -> Tensor:
+        """The decoder's output for z of shape (..., Z)."""
+        h = self.hidden(z.reshape(-1, z.shape[-1]))
+        return torch.addmm(self.out_bias, h, self.out_weight.T).view(*z.shape[:-1], -1)
+
+    def bernoulli_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """``bernoulli_log_prob(x, decoder(z))`` for z of shape (S, B, Z), x of shape (B, D)."""
+        s, b = z.shape[:2]
+        h = self.hidden(z.reshape(s * b, -1))
+        softplus = torch.cat([softplus_sum_(torch.addmm(self.out_bias, h[i:i + EVAL_TILE_ROWS],
+                                                        self.out_weight.T))
+                              for i in range(0, s * b, EVAL_TILE_ROWS)])
+        xw, xb = x @ self.out_weight, x @ self.out_bias  # (B, H), (B,)
+        return (h.view(s, b, -1) * xw).sum(-1) + xb - softplus.view(s, b)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
@@ -117,9 +201,19 @@ class VAE(nn.Module):
         """log p(x | z) for z of shape (S, B, Z) and x of shape (B, D) -> (S, B)."""
         if self.likelihood == "gaussian":
             return gaussian_log_prob(x, self.decoder(z), self.log_var)
-        if torch.is_grad_enabled():  # training: the plain form backpropagates faster
-            return bernoulli_log_prob(x, self.decoder(z))
-        return bernoulli_log_prob_linear(x, self.decoder[:-1](z), self.decoder[-1])
+        if torch.is_grad_enabled():  # the decoder on (S * B, Z) rows: no 3-d views per layer
+            logits = self.decoder(z.reshape(-1, z.shape[-1])).view(*z.shape[:-1], -1)
+            return bernoulli_log_prob(x, logits)
+        return self.inference_decoder().bernoulli_log_prob(x, z)
+
+    def inference_decoder(self) -> InferenceDecoder:
+        """The no-grad form of the decoder, rebuilt whenever a decoder parameter changed (every
+        in-place update, optimizer steps and load_state_dict included, bumps ``_version``)."""
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.decoder.parameters())
+        if getattr(self, "_inference", (None,))[0] != key:
+            with torch.no_grad():
+                self._inference = (key, InferenceDecoder(self.decoder))
+        return self._inference[1]
 
     @torch.no_grad()
     def exact_log_marginal(self, x: Tensor) -> Tensor | None:

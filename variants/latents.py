@@ -57,9 +57,11 @@ class GaussianPosterior:
     logvar: Tensor
 
     def rsample(self, n: int = 1, generator: torch.Generator | None = None, **_: object) -> Tensor:
-        eps = torch.randn((n, *self.mu.shape), generator=generator,
-                          dtype=self.mu.dtype, device=self.mu.device)
-        return self.mu + torch.exp(0.5 * self.logvar) * eps
+        shape = self.mu.shape if n == 1 else (n, *self.mu.shape)
+        eps = torch.randn(shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
+        z = self.mu + torch.exp(0.5 * self.logvar) * eps
+        # n = 1: the same draws as shape (1, B, Z), without broadcasting (backward sums nothing)
+        return z.unsqueeze(0) if n == 1 else z
 
     def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         return self.rsample(n, generator)
