@@ -123,7 +123,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         for v in args.variant:
             if v not in REGISTRY:
                 raise ConfigError(f"unknown variant {v!r}; allowed: {', '.join(REGISTRY)}")
-    result = run_all(args.device, args.variant, args.batch_size, args.k)
+    result = run_all(args.device, args.variant, args.batch_size, args.k, compile=args.compile)
     out = Path(args.results) / "throughput" / f"{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -213,6 +213,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--variant", action="append", help="repeatable; default: every variant")
     t.add_argument("--batch-size", type=_positive_int, default=100)
     t.add_argument("--k", type=_positive_int, default=1000)
+    t.add_argument("--compile", action="store_true",
+                   help="also time the fast mode (torch.compile; CUDA graphs on a GPU)")
     t.add_argument("--results", default="results")
     t.set_defaults(func=cmd_throughput)
 

@@ -190,8 +190,10 @@ def throughput_section(results: Path) -> str:
         r = rows[0]
         same = r.get("ratio_same_optimizer")
         same = "" if same is None else f", {same:.2f}× with the same optimizer"
+        fast = (f"; fast mode {r['fast_samples_per_s']:,.0f}/s = {r['fast_over_eager']:.2f}× eager"
+                if "fast_over_eager" in r else "")
         return (f"{r['samples_per_s']:,.0f}/s ({r['ratio_to_baseline']:.2f}× hand-written{same}, "
-                f"{r['fraction_of_peak']:.0%} of peak)")
+                f"{r['fraction_of_peak']:.0%} of peak{fast})")
 
     table = pd.DataFrame([{"train step (batch 100)": n, "CPU": cell("cpu", n),
                            "GPU": cell("cuda", n)} for n in names])

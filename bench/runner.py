@@ -68,7 +68,8 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
                  epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                  streams=Streams.from_seed(cfg.seed, device),
-                 dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress)
+                 dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
+                 compile=cfg.train.compile)
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
                "train_seconds": result.train_seconds,

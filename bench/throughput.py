@@ -29,7 +29,7 @@ from variants.core import VAE
 from variants.latents import GaussianLatent
 
 from .metrics import IS_BLOCK, encode, nll_is_points
-from .train import make_optimizer, train_step
+from .train import compile_model, make_optimizer, train_step
 
 
 def sync(device: torch.device) -> None:
@@ -136,12 +136,14 @@ def median_ratio(num: list[float], den: list[float]) -> float:
 
 def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
                      hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
-                     calls: int = 10, rounds: int = 15, peak: float | None = None) -> dict:
+                     calls: int = 10, rounds: int = 15, peak: float | None = None,
+                     compile: bool = False) -> dict:
     """Train-step samples/s of ours and of two hand-written loops, interleaved; medians.
 
     Baselines: ``minimal`` is the loop most people write (``torch.optim.Adam`` with its default
     implementation); ``same_optimizer`` is the same loop with the fused Adam that ``fit`` uses,
-    so ``ratio_same_optimizer`` isolates what the harness itself costs or saves.
+    so ``ratio_same_optimizer`` isolates what the harness itself costs or saves. With
+    ``compile``, the fast mode (``bench.train.compile_model``) is timed in the same rounds.
     """
     variant = create_variant(variant_name)
     lat = variant.latent(latent)
@@ -163,9 +165,12 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
             opts[name].step()
         return step
 
-    t = interleaved({"ours": lambda: train_step(model, variant, opt, x, 0, 1, noise),
-                     "minimal": hand_written("minimal"),
-                     "same_optimizer": hand_written("same_optimizer")}, calls, rounds, device)
+    fns = {"ours": lambda: train_step(model, variant, opt, x, 0, 1, noise),
+           "minimal": hand_written("minimal"), "same_optimizer": hand_written("same_optimizer")}
+    if compile:
+        fast = compile_model(model)
+        fns["fast"] = lambda: train_step(fast, variant, opt, x, 0, 1, noise)
+    t = interleaved(fns, calls, rounds, device)
     flops = step_flops(model, batch, variant.train_samples())
     sec = statistics.median(t["ours"])
     row = {"variant": variant_name, "batch": batch, "samples_per_s": batch / sec,
@@ -176,6 +181,9 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
            "gflops": flops / sec / 1e9, "flops_per_step": flops, "rounds": rounds}
     if peak:
         row["fraction_of_peak"] = row["gflops"] / peak
+    if compile:
+        row["fast_samples_per_s"] = batch / statistics.median(t["fast"])
+        row["fast_over_eager"] = median_ratio(t["ours"], t["fast"])
     return row
 
 
@@ -247,14 +255,15 @@ def eval_peak_memory(k: int, points: int = 200, device: torch.device | None = No
 
 
 def run_all(device_name: str = "cpu", variants: list[str] | None = None, batch: int = 100,
-            k: int = 1000) -> dict:
+            k: int = 1000, compile: bool = False) -> dict:
     from variants import REGISTRY
 
     from .results import environment
 
     device = torch.device(device_name)
     peak = matmul_peak(device)
-    rows = [train_throughput(v, device, batch, peak=peak) for v in (variants or list(REGISTRY))]
+    rows = [train_throughput(v, device, batch, peak=peak, compile=compile)
+            for v in (variants or list(REGISTRY))]
     ev = eval_throughput(device, k=k)
     mem = {kk: eval_peak_memory(kk, device=device) for kk in (k, 10 * k)}
     ev["peak_mib"] = {str(kk): v for kk, v in mem.items()}
@@ -278,7 +287,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['variant']:10} {r['samples_per_s']:10.0f} "
                      f"{r['baseline_samples_per_s']:9.0f} {r['ratio_to_baseline']:6.2f} "
                      f"{r['same_optimizer_samples_per_s']:9.0f} {r['ratio_same_optimizer']:6.2f} "
-                     f"{r['gflops']:8.1f} {r['fraction_of_peak']:8.1%}")
+                     f"{r['gflops']:8.1f} {r['fraction_of_peak']:8.1%}"
+                     + (f"   fast mode {r['fast_samples_per_s']:.0f}/s = "
+                        f"{r['fast_over_eager']:.2f}x eager" if "fast_over_eager" in r else ""))
     ev = result["eval"]
     lines.append(f"IS eval K={ev['k']}: {ev['samples_per_s']:.3g} point-samples/s, "
                  f"{ev['gflops']:.1f} decoder GFLOP/s = {ev['fraction_of_peak']:.1%} of peak; "

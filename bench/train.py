@@ -37,6 +37,22 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The fast mode: ``model`` compiled for training (it shares the parameters).
+
+    In the tiny-MLP regime a step is a few dozen small kernels, and on a GPU their launch cost
+    dominates; ``torch.compile`` fuses the elementwise work around the matmuls, and on CUDA
+    ``mode="reduce-overhead"`` replays forward and backward as CUDA graphs. Only the model's
+    forward (and through AOTAutograd its backward) is compiled: the variant's hooks, which may
+    depend on the step (annealing weights, temperatures), run eagerly and pass their values in,
+    as arguments; a float option (the Gumbel-Softmax temperature) or a batch size that changes
+    compiles once more and is then symbolic. Evaluation never uses it (it needs no gradients and
+    has its own fast path, ``variants.core.InferenceDecoder``).
+    """
+    cuda = next(model.parameters()).is_cuda
+    return torch.compile(model, mode="reduce-overhead" if cuda else None)
+
+
 def train_step(model, variant, opt, x: torch.Tensor, step: int, total: int, noise):
     """One optimizer step on the variant's loss; returns (loss, terms), or None if the loss is
     not finite (then nothing is updated)."""
@@ -50,13 +66,15 @@ def train_step(model, variant, opt, x: torch.Tensor, step: int, total: int, nois
 
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-        streams, dynamic_binarization: bool, progress: bool = False) -> FitResult:
+        streams, dynamic_binarization: bool, progress: bool = False,
+        compile: bool = False) -> FitResult:
     """Adam on the variant's loss. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
     the whole training split from ``streams.binarize`` (dynamic binarization).
     """
     opt = make_optimizer(model.parameters(), lr)
+    net = compile_model(model) if compile else model
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
     total = epochs * per_epoch
@@ -71,7 +89,7 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
         sums = torch.zeros(3, dtype=torch.float64, device=train_x.device)
         for i in range(per_epoch):
             x = x_all[order[i * batch_size:(i + 1) * batch_size]]
-            out = train_step(model, variant, opt, x, step, total, streams.noise)
+            out = train_step(net, variant, opt, x, step, total, streams.noise)
             if out is None:
                 result.status, result.diverged_step = "diverged", step
                 break

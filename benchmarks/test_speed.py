@@ -1,6 +1,7 @@
-"""pytest-benchmark suite (`make bench-speed`): train steps of every variant and of the
-hand-written baseline loop, and the IS evaluator. Figures only; nothing here passes or fails on
-speed. Compare `ours` with `hand-written` within one saved run (same process, same machine)."""
+"""pytest-benchmark suite (`make bench-speed`): train steps of every variant and of the two
+hand-written baseline loops (default Adam; the fused Adam training uses), and the IS evaluator.
+Figures only; nothing here passes or fails on speed. Compare `ours` with the hand-written loops
+within one saved run (same process, same machine); `vae-bench throughput` interleaves them."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 import variants
 from bench.metrics import encode, nll_is_points
 from bench.throughput import HandWrittenVAE
-from bench.train import train_step
+from bench.train import make_optimizer, train_step
 from variants.core import VAE
 from variants.latents import GaussianLatent
 
@@ -24,16 +25,18 @@ def x():
 def test_train_step_ours(benchmark, name, x):
     v = variants.create(name)
     model = VAE(D, v.latent(Z), hidden=HIDDEN)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     benchmark.group = "train step, batch 100, 784-200-200-50"
     benchmark.pedantic(train_step, args=(model, v, opt, x, 0, 1, gen), rounds=30,
                        iterations=5, warmup_rounds=2)
 
 
-def test_train_step_hand_written(benchmark, x):
+@pytest.mark.parametrize("optimizer", ["default-adam", "fused-adam"])
+def test_train_step_hand_written(benchmark, x, optimizer):
     model = HandWrittenVAE(D, HIDDEN, Z)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4) if optimizer == "default-adam" \
+        else make_optimizer(model.parameters(), lr=1e-4)
 
     def step():
         loss = model.loss(x)

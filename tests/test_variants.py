@@ -179,6 +179,31 @@ def test_iwae_bound_matches_direct_computation_from_the_same_samples():
     assert loss.item() == pytest.approx(direct, rel=1e-12)
 
 
+def test_iwae_log_q_from_the_noise_has_the_value_and_gradient_of_log_q_from_z():
+    # The IWAE objective takes log q(z|x) from the reparameterization noise; the straightforward
+    # log N(z; mu, sigma^2) of the same samples must give the same loss and the same gradients.
+    import dataclasses
+
+    from variants.latents import GaussianLatent
+
+    model, x = tiny_model_and_data(GaussianLatent(4))
+    v = variants.create("iwae", k=7)
+    grads = []
+    for from_noise in (True, False):
+        model.zero_grad()
+        loss, terms = v.loss(model, x[:50], 0, 1, torch.Generator().manual_seed(3))
+        if not from_noise:
+            terms = dataclasses.replace(terms, noise=None)
+            loss = v.objective(terms, 0, 1)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if from_noise:
+            loss_noise = loss.detach()
+    torch.testing.assert_close(loss_noise, loss.detach(), rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def test_iwae_bound_at_k_is_above_the_bound_at_1_on_average():
     from variants.latents import GaussianLatent
 

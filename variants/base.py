@@ -128,5 +128,11 @@ class Variant:
     # ---- assembled once -----------------------------------------------------------------------
     def loss(self, model, x: Tensor, step: int, total_steps: int, generator=None):
         """The training loss of one minibatch and the terms it came from."""
-        terms = model(x, self.train_samples(), generator, **self.sample_options(step))
+        noise = model.latent.draw_noise(self.train_samples(), len(x), generator, x)
+        return self.loss_from_noise(model, x, noise, step, total_steps)
+
+    def loss_from_noise(self, model, x: Tensor, noise: Tensor, step: int, total_steps: int):
+        """``loss`` given the raw noise of the samples: a pure function of tensors and ints that
+        ``torch.compile`` can trace whole (the fast mode of ``bench.train``)."""
+        terms = model(x, noise=noise, **self.sample_options(step))
         return self.objective(terms, step, total_steps), terms

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -143,21 +142,25 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
 class Terms:
     """Per-sample terms of the variational bound; S samples for a batch of B points.
 
-    log q(z|x) and log p(z) are computed on first use: objectives with the analytic KL never
-    need them, and a training step should not pay for what it does not use.
+    log q(z|x) and log p(z) are computed when asked for: objectives with the analytic KL never
+    need them, and a training step should not pay for what it does not use. (Plain properties,
+    not cached ones: ``functools.cached_property`` takes a lock that torch.compile cannot trace.)
     """
 
     log_px_z: Tensor  # (S, B)  log p(x | z_s)
     kl: Tensor  # (B, U)  analytic KL(q(z|x) || p(z)) per latent unit
     posterior: object  # q(z|x) of the batch
     z: Tensor  # (S, B, Z) the samples
+    noise: Tensor | None = None  # the noise z was reparameterized from
 
-    @cached_property
+    @property
     def log_qz(self) -> Tensor:
         """(S, B) log q(z_s | x)."""
-        return self.posterior.log_prob(self.z)
+        if self.noise is None:
+            return self.posterior.log_prob(self.z)
+        return self.posterior.log_prob_reparameterized(self.z, self.noise)
 
-    @cached_property
+    @property
     def log_pz(self) -> Tensor:
         """(S, B) log p(z_s)."""
         return self.posterior.prior_log_prob(self.z)
@@ -238,7 +241,11 @@ class VAE(nn.Module):
         return None
 
     def forward(self, x: Tensor, n_samples: int = 1, generator: torch.Generator | None = None,
-                **sample_opts) -> Terms:
+                noise: Tensor | None = None, **sample_opts) -> Terms:
+        """The terms for n_samples reparameterized samples per point, from ``noise`` (drawn by
+        ``latent.draw_noise``) or, if it is None, from noise drawn here with ``generator``."""
         q = self.encode(x)
-        z = q.rsample(n_samples, generator, **sample_opts)
-        return Terms(self.log_likelihood(x, z), q.kl(), q, z)
+        if noise is None:
+            noise = self.latent.draw_noise(n_samples, len(x), generator, x)
+        z = q.reparameterize(noise, **sample_opts)
+        return Terms(self.log_likelihood(x, z), q.kl(), q, z, noise)

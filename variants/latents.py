@@ -3,9 +3,14 @@
 The core and every metric talk to a posterior only through this interface, so a metric never
 needs to know which variant produced it:
 
-- ``rsample(n, generator, **opts)``: reparameterized training samples, shape (n, B, ...).
+- ``reparameterize(noise, **opts)``: reparameterized training samples from noise drawn by the
+  latent family's ``draw_noise``, shape (n, B, ...); ``rsample(n, generator, **opts)`` draws
+  the noise itself. Drawing apart from transforming lets a compiled training step take the
+  noise as an input (random number generators do not trace).
 - ``sample(n, generator)``: evaluation samples (discrete one-hot for a categorical latent).
-- ``log_prob(z)``: log q(z|x) summed over the latent, shape (n, B).
+- ``log_prob(z)``: log q(z|x) summed over the latent, shape (n, B);
+  ``log_prob_reparameterized(z, noise)`` the same for z = reparameterize(noise), with the same
+  pathwise gradient, computed from the noise where that is cheaper.
 - ``prior_log_prob(z)``: log p(z), shape (n, B).
 - ``kl()``: analytic KL(q(z|x) || p(z)) per latent unit, shape (B, U).
 - ``activity()``: the statistic whose variance over data defines an active unit, shape (B, U, G)
@@ -15,7 +20,8 @@ needs to know which variant produced it:
 - ``slice(i, j)``: the posterior of data points i..j.
 
 The latent family itself gives ``param_size`` (encoder outputs), ``dim`` (decoder inputs), ``units``
-(what active units count) and ``prior_sample(n, generator)``.
+(what active units count), ``prior_sample(n, generator)`` and
+``draw_noise(n, batch, generator, like)`` (the raw noise of n training samples per point).
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ class GaussianLatent:
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.dim, generator=generator)
 
+    def draw_noise(self, n: int, batch: int, generator: torch.Generator | None,
+                   like: Tensor) -> Tensor:
+        """eps ~ N(0, I) of shape (n, batch, dim)."""
+        return torch.randn((n, batch, self.dim), generator=generator, dtype=like.dtype,
+                           device=like.device)
+
     def posterior(self, params: Tensor) -> GaussianPosterior:
         mu, logvar = params.chunk(2, dim=-1)
         return GaussianPosterior(mu, logvar)
@@ -56,12 +68,15 @@ class GaussianPosterior:
     mu: Tensor
     logvar: Tensor
 
+    def reparameterize(self, eps: Tensor, **_: object) -> Tensor:
+        if len(eps) == 1:  # without broadcasting over samples: backward then sums nothing
+            return (self.mu + torch.exp(0.5 * self.logvar) * eps[0]).unsqueeze(0)
+        return self.mu + torch.exp(0.5 * self.logvar) * eps
+
     def rsample(self, n: int = 1, generator: torch.Generator | None = None, **_: object) -> Tensor:
-        shape = self.mu.shape if n == 1 else (n, *self.mu.shape)
-        eps = torch.randn(shape, generator=generator, dtype=self.mu.dtype, device=self.mu.device)
-        z = self.mu + torch.exp(0.5 * self.logvar) * eps
-        # n = 1: the same draws as shape (1, B, Z), without broadcasting (backward sums nothing)
-        return z.unsqueeze(0) if n == 1 else z
+        eps = torch.randn((n, *self.mu.shape), generator=generator, dtype=self.mu.dtype,
+                          device=self.mu.device)
+        return self.reparameterize(eps)
 
     def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         return self.rsample(n, generator)
@@ -70,6 +85,11 @@ class GaussianPosterior:
         # log N(z; mu, s^2) = -0.5 [ (z-mu)^2 / s^2 + log s^2 + log 2pi ], summed over dims
         sq = (z - self.mu) ** 2 * torch.exp(-self.logvar)
         return -0.5 * (sq + self.logvar + LOG_2PI).sum(-1)
+
+    def log_prob_reparameterized(self, z: Tensor, eps: Tensor) -> Tensor:
+        # (z - mu) / sigma = eps, and its total derivative along z(mu, sigma) is zero, so
+        # -0.5 sum(eps^2 + log s^2 + log 2pi) has log_prob(z)'s value and gradient, in fewer ops
+        return -0.5 * ((eps**2).sum(-1) + (self.logvar + LOG_2PI).sum(-1))
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (z**2 + LOG_2PI).sum(-1)
@@ -118,6 +138,12 @@ class CategoricalLatent:
         z = F.one_hot(idx, self.n_classes).flatten(-2).to(torch.get_default_dtype())
         return z, -self.n_vars * math.log(self.n_classes)
 
+    def draw_noise(self, n: int, batch: int, generator: torch.Generator | None,
+                   like: Tensor) -> Tensor:
+        """u ~ U(0, 1) of shape (n, batch, N, C), turned into Gumbel noise by reparameterize."""
+        return torch.rand((n, batch, self.n_vars, self.n_classes), generator=generator,
+                          dtype=like.dtype, device=like.device)
+
     def posterior(self, params: Tensor) -> CategoricalPosterior:
         logits = params.unflatten(-1, (self.n_vars, self.n_classes))
         return CategoricalPosterior(torch.log_softmax(logits, dim=-1))
@@ -127,10 +153,13 @@ class CategoricalLatent:
 class CategoricalPosterior:
     log_probs: Tensor  # (B, N, C), normalized
 
-    def rsample(self, n: int = 1, generator: torch.Generator | None = None,
-                tau: float = 1.0, hard: bool = False, **_: object) -> Tensor:
+    def rsample(self, n: int = 1, generator: torch.Generator | None = None, **opts: object) -> Tensor:
         u = torch.rand((n, *self.log_probs.shape), generator=generator,
                        dtype=self.log_probs.dtype, device=self.log_probs.device)
+        return self.reparameterize(u, **opts)
+
+    def reparameterize(self, u: Tensor, tau: float = 1.0, hard: bool = False,
+                       **_: object) -> Tensor:
         gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
         y = torch.softmax((self.log_probs + gumbel) / tau, dim=-1)
         if hard:
@@ -147,6 +176,9 @@ class CategoricalPosterior:
     def log_prob(self, z: Tensor) -> Tensor:
         # sum_n log pi_{n, z_n} for one-hot z; for a relaxed z, the cross-entropy sum_nc z_nc log pi_nc
         return (z * self.log_probs.flatten(-2)).sum(-1)
+
+    def log_prob_reparameterized(self, z: Tensor, u: Tensor) -> Tensor:
+        return self.log_prob(z)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         n_vars, n_classes = self.log_probs.shape[-2:]
