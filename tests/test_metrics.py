@@ -248,6 +248,14 @@ def test_inference_decoder_follows_weight_updates():
     with torch.no_grad():
         loaded = model.log_likelihood(x, z)
     torch.testing.assert_close(loaded, reference_log_likelihood(model, x, z), rtol=0, atol=1e-10)
+    # the products with x are kept between calls on the same tensor of points: an in-place change
+    # of the points, or other points, must not reuse them
+    x[0] = 1 - x[0]
+    other = (torch.rand(4, 12, dtype=torch.float64) < 0.5).double()
+    with torch.no_grad():
+        changed, fresh = model.log_likelihood(x, z), model.log_likelihood(other, z)
+    torch.testing.assert_close(changed, reference_log_likelihood(model, x, z), rtol=0, atol=1e-10)
+    torch.testing.assert_close(fresh, reference_log_likelihood(model, other, z), rtol=0, atol=1e-10)
 
 
 def test_streaming_logsumexp_equals_one_logsumexp_over_all_k():

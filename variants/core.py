@@ -122,6 +122,15 @@ class InferenceDecoder:
         h = self.hidden(z.reshape(-1, z.shape[-1]))
         return torch.addmm(self.out_bias, h, self.out_weight.T).view(*z.shape[:-1], -1)
 
+    def _x_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x W and x . b of the output layer, (B, H) and (B,): the importance sampler calls the
+        decoder K / chunk times with the same tensor of points, so its products are kept (keyed by
+        identity and version counter, which every in-place change bumps)."""
+        cached = getattr(self, "_x_cache", None)  # (x itself, its version, the products)
+        if cached is None or cached[0] is not x or cached[1] != x._version:
+            cached = self._x_cache = (x, x._version, (x @ self.out_weight, x @ self.out_bias))
+        return cached[2]
+
     def bernoulli_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """``bernoulli_log_prob(x, decoder(z))`` for z of shape (S, B, Z), x of shape (B, D)."""
         s, b = z.shape[:2]
@@ -129,7 +138,7 @@ class InferenceDecoder:
         softplus = torch.cat([softplus_sum_(torch.addmm(self.out_bias, h[i:i + EVAL_TILE_ROWS],
                                                         self.out_weight.T))
                               for i in range(0, s * b, EVAL_TILE_ROWS)])
-        xw, xb = x @ self.out_weight, x @ self.out_bias  # (B, H), (B,)
+        xw, xb = self._x_terms(x)
         return (h.view(s, b, -1) * xw).sum(-1) + xb - softplus.view(s, b)
 
 
