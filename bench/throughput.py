@@ -136,8 +136,7 @@ def median_ratio(num: list[float], den: list[float]) -> float:
 
 def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
                      hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
-                     calls: int = 10, rounds: int = 15, peak: float | None = None,
-                     compile: bool = False) -> dict:
+                     calls: int = 10, rounds: int = 15, compile: bool = False) -> dict:
     """Train-step samples/s of ours and of two hand-written loops, interleaved; medians.
 
     Baselines: ``minimal`` is the loop most people write (``torch.optim.Adam`` with its default
@@ -179,8 +178,6 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
            "same_optimizer_samples_per_s": batch / statistics.median(t["same_optimizer"]),
            "ratio_same_optimizer": median_ratio(t["same_optimizer"], t["ours"]),
            "gflops": flops / sec / 1e9, "flops_per_step": flops, "rounds": rounds}
-    if peak:
-        row["fraction_of_peak"] = row["gflops"] / peak
     if compile:
         row["fast_samples_per_s"] = batch / statistics.median(t["fast"])
         row["fast_over_eager"] = median_ratio(t["ours"], t["fast"])
