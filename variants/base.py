@@ -132,7 +132,8 @@ class Variant:
         return self.loss_from_noise(model, x, noise, step, total_steps)
 
     def loss_from_noise(self, model, x: Tensor, noise: Tensor, step: int, total_steps: int):
-        """``loss`` given the raw noise of the samples: a pure function of tensors and ints that
-        ``torch.compile`` can trace whole (the fast mode of ``bench.train``)."""
+        """``loss`` given the raw noise of the samples, drawn outside: the model is then called
+        on tensors only, so it can run compiled (the fast mode, ``bench.train.compile_model``;
+        random number generators do not trace)."""
         terms = model(x, noise=noise, **self.sample_options(step))
         return self.objective(terms, step, total_steps), terms
