@@ -7,13 +7,14 @@ any real difference (a wrong temperature or a stale graph moves the loss at the 
 """
 
 import copy
+import hashlib
 import json
 import shutil
 
 import pytest
 import torch
 
-from bench.config import RunConfig, apply_overrides, run_id, to_dict
+from bench.config import SUITE_VERSION, RunConfig, apply_overrides, run_id, to_dict
 from bench.train import compile_model, make_optimizer, train_step
 from variants import create
 from variants.core import VAE
@@ -61,8 +62,5 @@ def test_fast_mode_is_part_of_a_run_identity_only_when_set():
     # runs recorded before the field existed keep their ids
     d = to_dict(cfg)
     del d["train"]["compile"]
-    import hashlib
-
-    from bench.config import SUITE_VERSION
     blob = json.dumps({"suite_version": SUITE_VERSION, **d}, sort_keys=True)
     assert run_id(cfg) == hashlib.sha256(blob.encode()).hexdigest()[:12]
