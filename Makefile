@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 
 JOBS   ?= 1
 RESULTS ?= results
+PROFILE ?= default
 VB     := $(VENV)/bin/vae-bench
 
 .PHONY: setup test smoke bench bench-check bench-speed throughput report reference lint clean
@@ -24,20 +25,21 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
-# The default profile: resumes (only missing runs are trained), then rebuilds the report.
+# A profile (default: `default`; `make bench PROFILE=collapse` for the collapse profile):
+# resumes (only missing runs are trained), then rebuilds its report.
 bench: setup
-	$(VB) suite --profile default --jobs $(JOBS) --results $(RESULTS)
-	$(VB) report --profile default --results $(RESULTS) --reports reports
+	$(VB) suite --profile $(PROFILE) --jobs $(JOBS) --results $(RESULTS)
+	$(VB) report --profile $(PROFILE) --results $(RESULTS) --reports reports
 
 report: setup
-	$(VB) report --profile default --results $(RESULTS) --reports reports
+	$(VB) report --profile $(PROFILE) --results $(RESULTS) --reports reports
 
-# Rerun the whole default profile from nothing in build/ and compare with the committed summary.
+# Rerun a whole profile from nothing in build/ and compare with the committed summary.
 bench-check: setup
 	rm -rf build/bench-check
-	$(VB) suite --profile default --jobs $(JOBS) --results build/bench-check
-	$(VB) report --profile default --results build/bench-check --reports build/bench-check/reports
-	$(VB) compare build/bench-check/default/summary.csv results/default/summary.csv
+	$(VB) suite --profile $(PROFILE) --jobs $(JOBS) --results build/bench-check
+	$(VB) report --profile $(PROFILE) --results build/bench-check --reports build/bench-check/reports
+	$(VB) compare build/bench-check/$(PROFILE)/summary.csv results/$(PROFILE)/summary.csv
 
 # Speed figures (never part of `make test`): pytest-benchmark JSON and the throughput table.
 bench-speed: setup

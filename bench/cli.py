@@ -123,8 +123,10 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         for v in args.variant:
             if v not in REGISTRY:
                 raise ConfigError(f"unknown variant {v!r}; allowed: {', '.join(REGISTRY)}")
-    result = run_all(args.device, args.variant, args.batch_size, args.k, compile=args.compile)
-    out = Path(args.results) / "throughput" / f"{args.device}.json"
+    result = run_all(args.device, args.variant, args.batch_size, args.k, compile=args.compile,
+                     decoder=args.decoder)
+    suffix = "" if args.decoder == "mlp" else f"-{args.decoder}"
+    out = Path(args.results) / "throughput" / f"{args.device}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -215,6 +217,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=_positive_int, default=1000)
     t.add_argument("--compile", action="store_true",
                    help="also time the fast mode (torch.compile; CUDA graphs on a GPU)")
+    t.add_argument("--decoder", choices=("mlp", "made", "pixelcnn"), default="mlp",
+                   help="decoder family (made, pixelcnn: the plain VAE unless --variant names "
+                   "others; against a hand-written loop for the same decoder)")
     t.add_argument("--results", default="results")
     t.set_defaults(func=cmd_throughput)
 

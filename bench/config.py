@@ -17,7 +17,7 @@ from typing import Any
 from variants import create as create_variant
 from variants.base import ConfigError, Param
 
-SUITE_VERSION = "4"  # bump when numbers legitimately change (estimator, protocol, defaults)
+SUITE_VERSION = "5"  # bump when numbers legitimately change (estimator, protocol, defaults)
 
 
 def fld(default: Any, doc: str, **bounds: Any) -> Any:
@@ -38,6 +38,17 @@ class ModelConfig:
     activation: str = fld("tanh", "hidden activation", choices=("tanh", "relu", "elu", "softplus"))
     latent_dim: int = fld(0, "Gaussian latent size; 0: the dataset decides (50, or 5 for "
                           "linear-gaussian); categorical variants set their own size", low=0)
+    decoder: str = fld("mlp", "decoder family: mlp (pixels independent given z), made (masked "
+                       "autoregressive MLP, Germain et al. 2015), pixelcnn (gated PixelCNN, van "
+                       "den Oord et al. 2016)", choices=("mlp", "made", "pixelcnn"))
+    window: int = fld(-1, "made: how many previous pixels a pixel's logit may see (-1: all; 0: "
+                      "none, pixels independent given z): the decoder-strength dial", low=-1)
+    direct: bool = fld(True, "made: direct masked pixel -> logit connections")
+    z_output: bool = fld(True, "made, pixelcnn: z also enters the output layer")
+    pixelcnn_layers: int = fld(3, "pixelcnn: gated layers", low=1)
+    pixelcnn_channels: int = fld(16, "pixelcnn: channels per stack", low=1)
+    pixelcnn_kernel: int = fld(3, "pixelcnn: kernel size k (odd); receptive field grows by k//2 "
+                               "per layer", low=1)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,11 @@ class TrainConfig:
     epochs: int = fld(10, "passes over the training split", low=1)
     batch_size: int = fld(100, "minibatch size (Burda et al. 2015: 20; He et al. 2019: 100)", low=1)
     lr: float = fld(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    decoder_pretrain_epochs: int = fld(
+        0, "the lagging set-up (He et al. 2019): start the decoder from the decoder-only run of "
+        "the same seed, data and decoder config trained this many epochs (0: from scratch)", low=0)
+    validation_size: int = fld(-1, "points held out of the training split for the per-epoch "
+                               "diagnostics, never trained on (-1: the dataset decides)", low=-1)
     compile: bool = fld(False, "fast mode: torch.compile the model's training forward and backward "
                         "(with CUDA graphs on a GPU); equal to eager up to float rounding")
 
@@ -54,6 +70,8 @@ class EvalConfig:
     is_samples: int = fld(1000, "K, importance samples per test point for nll_is", low=1)
     elbo_samples: int = fld(1, "L, samples per test point for the ELBO", low=1)
     seed: int = fld(0, "seed of the evaluation noise, independent of the training seed", low=0)
+    test_points: int = fld(0, "evaluate on the first N points of the test split (0: all of it)",
+                           low=0)
 
 
 @dataclass(frozen=True)
@@ -154,7 +172,7 @@ def _variant_params(name: str) -> dict[str, Param]:
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill dataset-dependent defaults and the variant's full hyperparameters (validated)."""
-    from .data import LOADERS, MODEL_DEFAULTS
+    from .data import LOADERS, MODEL_DEFAULTS, VALIDATION_SIZES
 
     if cfg.dataset not in LOADERS:
         raise ConfigError(f"unknown dataset {cfg.dataset!r}; allowed: {', '.join(LOADERS)}")
@@ -165,8 +183,36 @@ def resolve(cfg: RunConfig) -> RunConfig:
         model = dataclasses.replace(model, decoder_hidden=tuple(dec))
     if model.latent_dim == 0:
         model = dataclasses.replace(model, latent_dim=dataset_defaults.get("latent_dim", 50))
+    if model.decoder == "pixelcnn" and model.pixelcnn_kernel % 2 == 0:
+        raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is invalid; allowed: "
+                          "an odd int >= 1")
+    if model.decoder != "mlp" and cfg.dataset == "linear-gaussian":
+        raise ConfigError(f"model.decoder={model.decoder!r} models binary pixels; allowed for "
+                          "linear-gaussian: mlp")
+    if model.decoder == "made" and not model.decoder_hidden:
+        raise ConfigError("model.decoder=made needs hidden layers; allowed: "
+                          "model.decoder_hidden=W[,W...]")
+    train = cfg.train
+    if train.validation_size < 0:
+        train = dataclasses.replace(train, validation_size=VALIDATION_SIZES[cfg.dataset])
     variant = create_variant(cfg.variant, **cfg.hparams)
-    return dataclasses.replace(cfg, model=model, hparams=dict(variant.hp))
+    return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
+
+
+def pretrain_config(cfg: RunConfig) -> RunConfig | None:
+    """The run whose decoder a lagging run starts from (None for a run from scratch): the
+    decoder-only variant on the same seed, data and decoder config, trained for
+    ``train.decoder_pretrain_epochs`` epochs. What a decoder-only model does not use (encoder
+    widths, latent size) is set to its default, so every lagging run of the same decoder shares
+    one pretrained run."""
+    n = cfg.train.decoder_pretrain_epochs
+    if not n:
+        return None
+    default = ModelConfig()
+    model = dataclasses.replace(cfg.model, hidden=default.hidden, latent_dim=default.latent_dim)
+    train = dataclasses.replace(cfg.train, epochs=n, decoder_pretrain_epochs=0)
+    return resolve(dataclasses.replace(cfg, variant="decoder-only", hparams={}, model=model,
+                                       train=train))
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -193,5 +239,8 @@ def run_id(cfg: RunConfig) -> str:
     for section, key in HASHED_ONLY_WHEN_SET:  # added later: existing run ids stay valid
         if d[section][key] == getattr(getattr(RunConfig(), section), key):
             del d[section][key]
+    pre = pretrain_config(cfg)
+    if pre is not None:  # the pretrained decoder's identity is part of this run's
+        d["decoder_pretrain_run"] = run_id(pre)
     blob = json.dumps({"suite_version": SUITE_VERSION, **d}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -19,14 +19,18 @@ from .config import SUITE_VERSION
 from .data import TEST_BINARIZATION_SEED
 from .metrics import METRICS
 from .results import read_json
-from .suite import Profile, grid, runs_dir
+from .suite import Profile, grid, group_of, runs_dir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units", "recon"]
+MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
+                "active_units_strict", "recon"]
 TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": "MI",
-          "active_units": "AU", "recon": "recon"}
+          "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon"}
+#: per-epoch validation diagnostics drawn as collapse trajectories (history.csv columns)
+TRAJECTORIES = [("val_kl", "KL (nats)"), ("val_mutual_info", "MI (nats)"),
+                ("val_active_units", "AU (δ = 0.01)"), ("val_active_units_strict", "AU (δ = 0.1)")]
 TIMING = ["train_samples_per_s", "train_seconds", "eval_seconds", "wall_seconds"]
 
 
@@ -46,7 +50,7 @@ def summarize(profile: Profile, results: Path) -> pd.DataFrame:
     rows = []
     for label, cfg in grid(profile):
         path = runs_dir(results, profile) / run_name(cfg)
-        row = {"label": label, "variant": cfg.variant,
+        row = {"label": label, "group": group_of(label), "variant": cfg.variant,
                "hparams": json.dumps(cfg.hparams, sort_keys=True), "dataset": cfg.dataset,
                "seed": cfg.seed, "run": path.name}
         if not (path / "metrics.json").exists():
@@ -78,11 +82,11 @@ def main_table(summary: pd.DataFrame) -> pd.DataFrame:
     for label in dict.fromkeys(summary["label"]):
         rows = ok[ok["label"] == label]
         first = summary[summary["label"] == label].iloc[0]
-        rec = {"configuration": label, "variant": first["variant"],
+        rec = {"configuration": label.split(" / ")[-1], "variant": first["variant"],
                "seeds": f"{len(rows)}/{(summary['label'] == label).sum()}"}
         for col in MAIN_COLUMNS:
             vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
-            digits = 1 if col == "active_units" else 2
+            digits = 1 if col.startswith("active_units") else 2
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
         out.append(rec)
     return pd.DataFrame(out)
@@ -138,6 +142,9 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     paths.append(_save(fig, out / "active_units.png"))
 
+    traj = trajectories_figure(profile, ok, runs, out / "collapse_trajectories.png")
+    paths += [traj] if traj else []
+
     fig, (ax_kl, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
     for lab in labels:
         kls, curves = [], []
@@ -174,39 +181,88 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
     return paths
 
 
+def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Path) -> Path | None:
+    """Per group (row) the validation KL, MI and both AU counts against epoch (columns), one line
+    per configuration: the mean over seeds, with a band from the lowest to the highest seed."""
+    groups = list(dict.fromkeys(ok["group"])) if "group" in ok else [""]
+    histories = {run: _load_run(runs / run)[2] for run in ok["run"]}
+    if not any(h is not None and "val_kl" in h for h in histories.values()):
+        return None
+    fig, axes = plt.subplots(len(groups), len(TRAJECTORIES), squeeze=False,
+                             figsize=(3.6 * len(TRAJECTORIES), 2.9 * len(groups)))
+    names = list(dict.fromkeys(lab.split(" / ")[-1] for lab in ok["label"]))
+    color = _colors(names)
+    for row, group in zip(axes, groups, strict=True):
+        sub = ok[ok["group"] == group] if group else ok
+        for lab in dict.fromkeys(sub["label"]):
+            hs = [histories[r] for r in sub.loc[sub["label"] == lab, "run"]]
+            hs = [h for h in hs if h is not None and "val_kl" in h]
+            if not hs:
+                continue
+            n = min(len(h) for h in hs)
+            epochs = hs[0]["epoch"].to_numpy()[:n]
+            for ax, (col, title) in zip(row, TRAJECTORIES, strict=True):
+                vals = np.stack([h[col].to_numpy(dtype=float)[:n] for h in hs])
+                c = color[lab.split(" / ")[-1]]
+                ax.plot(epochs, vals.mean(0), color=c, label=lab.split(" / ")[-1], lw=1.3)
+                ax.fill_between(epochs, vals.min(0), vals.max(0), color=c, alpha=0.15, lw=0)
+                ax.set(xlabel="epoch", title=f"{group + ': ' if group else ''}{title}")
+    axes[0, 0].legend(fontsize=6)
+    for ax in axes[:, :2].ravel():
+        ax.set_yscale("symlog", linthresh=0.1)
+    fig.suptitle(f"Collapse trajectories on the validation split ({profile.name}): mean over "
+                 "seeds, band = min..max", fontsize=9)
+    return _save(fig, path)
+
+
 # ---- throughput ----------------------------------------------------------------------------
+def _train_cell(result: dict | None, name: str) -> str:
+    rows = [r for r in (result or {}).get("train", []) if r["variant"] == name]
+    if not rows:
+        return "n/a"
+    r = rows[0]
+    same = r.get("ratio_same_optimizer")
+    same = "" if same is None else f", {same:.2f}× with the same optimizer"
+    fast = (f"; fast mode {r['fast_samples_per_s']:,.0f}/s = {r['fast_over_eager']:.2f}× eager"
+            if "fast_over_eager" in r else "")
+    return (f"{r['samples_per_s']:,.0f}/s ({r['ratio_to_baseline']:.2f}× hand-written{same}, "
+            f"{r['fraction_of_peak']:.0%} of peak{fast})")
+
+
+def _eval_cell(result: dict | None) -> str:
+    ev = (result or {}).get("eval")
+    if not ev:
+        return "n/a"
+    memory = (f"; memory +{ev['memory_growth']:.0%} from K={ev['k']} to {10 * ev['k']}"
+              if "memory_growth" in ev else "")
+    return (f"{ev['samples_per_s']:,.0f} point-samples/s, {ev['fraction_of_peak']:.0%} of "
+            f"{ev.get('peak', 'matmul')} peak{memory}")
+
+
 def throughput_section(results: Path) -> str:
-    """CPU and GPU columns from results/throughput/{cpu,cuda}.json ("n/a" where absent)."""
-    found = {dev: read_json(results / "throughput" / f"{dev}.json")
-             for dev in ("cpu", "cuda") if (results / "throughput" / f"{dev}.json").exists()}
+    """CPU and GPU columns from results/throughput/{cpu,cuda}[-DECODER].json ("n/a" where
+    absent): every variant with the MLP decoder, then the other decoder families."""
+    def load(dev: str, suffix: str) -> dict | None:
+        path = results / "throughput" / f"{dev}{suffix}.json"
+        return read_json(path) if path.exists() else None
+
+    found = {dev: t for dev in ("cpu", "cuda") if (t := load(dev, ""))}
     if not found:
         return "No throughput measured yet: run `vae-bench throughput`."
-    names = list(dict.fromkeys(r["variant"] for t in found.values() for r in t["train"]))
-
-    def cell(dev: str, name: str) -> str:
-        rows = [r for r in found.get(dev, {}).get("train", []) if r["variant"] == name]
-        if not rows:
-            return "n/a"
-        r = rows[0]
-        same = r.get("ratio_same_optimizer")
-        same = "" if same is None else f", {same:.2f}× with the same optimizer"
-        fast = (f"; fast mode {r['fast_samples_per_s']:,.0f}/s = {r['fast_over_eager']:.2f}× eager"
-                if "fast_over_eager" in r else "")
-        return (f"{r['samples_per_s']:,.0f}/s ({r['ratio_to_baseline']:.2f}× hand-written{same}, "
-                f"{r['fraction_of_peak']:.0%} of peak{fast})")
-
-    table = pd.DataFrame([{"train step (batch 100)": n, "CPU": cell("cpu", n),
-                           "GPU": cell("cuda", n)} for n in names])
-
-    def eval_cell(dev: str) -> str:
-        ev = found.get(dev, {}).get("eval")
-        if not ev:
-            return "n/a"
-        return (f"{ev['samples_per_s']:,.0f} point-samples/s, {ev['fraction_of_peak']:.0%} of "
-                f"peak; memory +{ev['memory_growth']:.0%} from K={ev['k']} to {10 * ev['k']}")
-
-    table.loc[len(table)] = {"train step (batch 100)": "IS evaluation", "CPU": eval_cell("cpu"),
-                             "GPU": eval_cell("cuda")}
+    rows = []
+    for decoder, suffix in (("", ""), ("made", "-made"), ("pixelcnn", "-pixelcnn")):
+        by_dev = {dev: load(dev, suffix) for dev in ("cpu", "cuda")}
+        present = [t for t in by_dev.values() if t]
+        if not present:
+            continue
+        tag = f", {decoder} decoder" if decoder else ""
+        for name in dict.fromkeys(r["variant"] for t in present for r in t["train"]):
+            rows.append({"train step (batch 100)": f"{name}{tag}",
+                         "CPU": _train_cell(by_dev["cpu"], name),
+                         "GPU": _train_cell(by_dev["cuda"], name)})
+        rows.append({"train step (batch 100)": f"IS evaluation{tag}",
+                     "CPU": _eval_cell(by_dev["cpu"]), "GPU": _eval_cell(by_dev["cuda"])})
+    table = pd.DataFrame(rows)
     hw = "; ".join(f"{dev}: {t['env'].get('cuda_device') or t['env']['cpu_capability']}, "
                    f"{t['env']['threads']} threads, torch {t['env']['torch']}, measured matmul "
                    f"peak {t['matmul_peak_gflops']:.0f} GFLOP/s" for dev, t in found.items())
@@ -215,7 +271,12 @@ def throughput_section(results: Path) -> str:
             "PyTorch loop with the default Adam; \"the same optimizer\" is that loop with the "
             "fused Adam that training uses, so it isolates the harness's own cost. Peak is the "
             "fp32 matmul rate measured in the same process (for IS evaluation, in each round "
-            "next to the evaluator).")
+            "next to the evaluator). Other decoders (`vae-bench throughput --decoder made|"
+            "pixelcnn`, the plain VAE): for MADE (one masked hidden layer of 500, direct "
+            "connections) the hand-written loop is an independent masked MLP of the same "
+            "architecture; for the PixelCNN (3 gated layers x 16 channels, k = 3) it is the "
+            "minimal loop around the same decoder module, and its peak is a 3x3 convolution's "
+            "(64 -> 64 channels, 28x28).")
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -236,6 +297,37 @@ def _environment(profile: Profile, summary: pd.DataFrame, results: Path) -> dict
     return {"config": config, "env": env, "commits": commits}
 
 
+def _test_split(ev: dict) -> str:
+    n = ev.get("test_points")
+    return f"the first {n} points of the test split" if n else "the whole test split"
+
+
+def _group_lines(profile: Profile) -> list[str]:
+    if not profile.groups:
+        return []
+    return ["- settings (groups; each crosses every configuration): " + "; ".join(
+        f"**{g['name']}**: " + ", ".join(f"{k} = {v}" for k, v in g.items() if k != "name")
+        for g in profile.groups)]
+
+
+def _main_tables(summary: pd.DataFrame) -> list[str]:
+    groups = [g for g in dict.fromkeys(summary.get("group", pd.Series(dtype=str))) if g]
+    if not groups:
+        return [_markdown(main_table(summary)), ""]
+    out = []
+    for g in groups:
+        out += [f"### {g}", "", _markdown(main_table(summary[summary["group"] == g])), ""]
+    return out
+
+
+def _mi_bound(summary: pd.DataFrame) -> str:
+    if "mutual_info_bound" not in summary:
+        return ""
+    bound = summary["mutual_info_bound"].dropna().astype(float)
+    return "" if bound.empty else (f": no estimate pooled over N points exceeds log N = "
+                                   f"{bound.max():.2f} nats, so MI near it is saturated")
+
+
 def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths: list[Path],
            reports: Path) -> str:
     info = _environment(profile, summary, results)
@@ -251,30 +343,34 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "",
         f"- suite version: {SUITE_VERSION}; runs: {len(summary)} "
         f"({(summary['status'] == 'ok').sum()} ok); seeds: {list(profile.seeds)}",
-        f"- dataset: `{cfg.get('dataset')}`; model: {model.get('hidden')} {model.get('activation')}"
-        f", z = {model.get('latent_dim')} (categorical variants: their own latent); batch "
+        f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
+        f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
+        f"own latent), decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}; batch "
         f"{train.get('batch_size')}, Adam lr {train.get('lr')}, {train.get('epochs')} epochs, "
         f"dtype {cfg.get('dtype')}",
-        f"- evaluation: test split; NLL by importance sampling with K = {ev.get('is_samples')} "
+        f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "
         f"samples from q (eval seed {ev.get('seed')}); -ELBO with the analytic KL, "
         f"{ev.get('elbo_samples')} sample(s)",
         "- binarization: training images dynamically binarized each epoch from the run's seeded "
         f"stream; test images binarized once (seed {TEST_BINARIZATION_SEED}), sha256 "
         f"`{digests.get('test_binarized', 'n/a')}`",
+        f"- validation: {train.get('validation_size')} points held out of the training split "
+        f"(sha256 `{digests.get('validation', 'n/a')}`), diagnosed at every epoch end",
         f"- budget: {profile.budget}; measured compute (train + eval, summed over runs): "
         f"{wall / 60:.1f} min",
         f"- environment: Python {env.get('python')}, torch {env.get('torch')}, numpy "
         f"{env.get('numpy')}, {env.get('cpu_capability')} CPU, {env.get('threads')} threads, "
         f"device {env.get('device')}; commits {', '.join(c[:10] for c in info.get('commits', []))}",
+        *_group_lines(profile),
         "",
         "## Main table (mean ± sd over seeds; ↑ higher is better, ↓ lower is better)",
         "",
-        _markdown(main_table(summary)),
-        "",
+        *_main_tables(summary),
         "All values in nats per test image. -ELBO is always the unmodified ELBO, whatever the "
-        "variant optimizes. AU: units with Var_x E_q[z|x] > 0.01 (for categorical variables, the "
-        "summed variance of their class probabilities). MI: I_q(x; z) with the aggregate posterior "
-        "pooled over the test split.",
+        "variant optimizes. AU: units with Var_x E_q[z|x] > 0.01 (Burda et al. 2016; for "
+        "categorical variables, the summed variance of their class probabilities); AU strict: the "
+        "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
+        f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
     bad = summary[summary["status"] != "ok"]
     if not bad.empty:
@@ -310,7 +406,7 @@ def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
 
 # ---- regression of the numbers --------------------------------------------------------------
 REGRESSION_COLUMNS = ["neg_elbo", "neg_elbo_se", "recon", "kl", "nll_is", "nll_is_se", "ess",
-                      "active_units", "mutual_info", "mutual_info_se"]
+                      "active_units", "active_units_strict", "mutual_info", "mutual_info_se"]
 
 
 def regression_frame(summary: pd.DataFrame) -> pd.DataFrame:

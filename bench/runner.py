@@ -4,6 +4,7 @@ run directory. The runner knows the Variant protocol and never a concrete varian
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from variants.base import ConfigError
 from variants.core import VAE
 
 from . import data as data_mod
-from .config import SUITE_VERSION, RunConfig, from_dict, resolve, run_id, to_dict
-from .metrics import evaluate
+from .config import SUITE_VERSION, RunConfig, from_dict, pretrain_config, resolve, run_id, to_dict
+from .metrics import evaluate, validation_diagnostics
 from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
 from .train import fit
@@ -28,17 +29,54 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(cfg: RunConfig, dataset: data_mod.Dataset) -> tuple[VAE, object]:
-    """The model and variant of a resolved config, initialized from the seed's ``init`` stream."""
+def decoder_options(cfg: RunConfig, dataset: data_mod.Dataset) -> dict:
+    """The keyword arguments of the decoder family that ``cfg.model.decoder`` names."""
+    m = cfg.model
+    if m.decoder == "made":
+        return {"window": m.window, "direct": m.direct, "z_output": m.z_output}
+    if m.decoder == "pixelcnn":
+        if dataset.image_shape is None:
+            raise ConfigError(f"model.decoder=pixelcnn needs images; {dataset.name} has none; "
+                              "allowed datasets: digits, mnist, fashion-mnist")
+        return {"image_shape": dataset.image_shape, "layers": m.pixelcnn_layers,
+                "channels": m.pixelcnn_channels, "kernel": m.pixelcnn_kernel,
+                "z_output": m.z_output}
+    return {}
+
+
+def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
+                pretrained_decoder: dict | None = None) -> tuple[VAE, object]:
+    """The model and variant of a resolved config, initialized from the seed's ``init`` stream;
+    with ``pretrained_decoder`` (a decoder-only run's decoder state) the decoder then starts from
+    it, what carries z from zero (``variants.decoders.load_pretrained``)."""
     variant = create_variant(cfg.variant, **cfg.hparams)
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
         model = VAE(dataset.input_dim, variant.latent(m.latent_dim), hidden=m.hidden,
                     decoder_hidden=m.decoder_hidden, activation=m.activation,
-                    likelihood=dataset.likelihood)
+                    likelihood=dataset.likelihood, decoder=m.decoder,
+                    **decoder_options(cfg, dataset))
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
+    if pretrained_decoder is not None:
+        model.decoder.load_pretrained(pretrained_decoder)
     return model, variant
+
+
+def pretrained_decoder(cfg: RunConfig, out: Path, data_dir: str | None) -> tuple[str, dict] | None:
+    """(run name, decoder state) of the run a lagging config starts from, trained here first if
+    it does not exist yet (under its own lock, so concurrent runs train it once)."""
+    pre = pretrain_config(cfg)
+    if pre is None:
+        return None
+    path = execute(pre, out, data_dir)
+    if not (path / "model.pt").is_file():
+        status = read_json(path / "metrics.json").get("status")
+        raise ConfigError(f"pretrained decoder run {path.name} has status {status!r}; "
+                          "allowed: a finished run (remove it to retrain)")
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    return path.name, {k.removeprefix("decoder."): v for k, v in state.items()
+                       if k.startswith("decoder.")}
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -60,19 +98,39 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
         return _train_and_record(cfg, target, data_dir, progress)
 
 
+def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
+    """The run's dataset: its validation split held out of the training split, its test split
+    cut to the first ``eval.test_points`` points where that is set."""
+    dataset = data_mod.hold_out(data_mod.load(cfg.dataset, data_dir), cfg.train.validation_size)
+    n = cfg.eval.test_points
+    if n and n < len(dataset.test):
+        dataset = dataclasses.replace(dataset, test=dataset.test[:n])
+    return dataset
+
+
 def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progress: bool) -> Path:
-    dataset = data_mod.load(cfg.dataset, data_dir)
+    pre = pretrained_decoder(cfg, target.parent, data_dir)
+    dataset = load_dataset(cfg, data_dir)
     deterministic = set_deterministic(cfg.deterministic)
-    model, variant = build_model(cfg, dataset)
+    model, variant = build_model(cfg, dataset, pre and pre[1])
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
+    epoch_end = None
+    if dataset.valid is not None:
+        valid = dataset.valid.to(dtype=dtype, device=device)
+
+        def epoch_end(epoch: int) -> dict:
+            return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
+
     result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
                  epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                  streams=Streams.from_seed(cfg.seed, device),
                  dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
-                 compile=cfg.train.compile)
+                 compile=cfg.train.compile, epoch_end=epoch_end)
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
+               "pretrained_decoder": pre and pre[0],
                "train_seconds": result.train_seconds,
+               "diagnostics_seconds": result.diagnostics_seconds,
                "train_samples_per_s": result.steps * cfg.train.batch_size
                / max(result.train_seconds, 1e-9)}
     if result.status == "ok":
@@ -92,7 +150,8 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
 
 @torch.no_grad()
 def previews(model, dataset: data_mod.Dataset, cfg: RunConfig, n: int = 8) -> dict | None:
-    """Pixel means of reconstructions of the first n test images and of n prior samples."""
+    """Pixel probabilities of reconstructions of the first n test images and of n prior samples
+    (for an autoregressive decoder, each pixel's given the pixels sampled before it)."""
     if dataset.image_shape is None or model.likelihood != "bernoulli":
         return None
     model = copy.deepcopy(model).cpu()  # a few images: the CPU generator serves every device
@@ -104,8 +163,8 @@ def previews(model, dataset: data_mod.Dataset, cfg: RunConfig, n: int = 8) -> di
     def pixels(t: torch.Tensor):
         return (t.cpu().float().reshape(-1, *dataset.image_shape) * 255).round().byte().numpy()
 
-    return {"data": pixels(x), "recon": pixels(torch.sigmoid(model.decoder(z_post))),
-            "samples": pixels(torch.sigmoid(model.decoder(z_prior)))}
+    return {"data": pixels(x), "recon": pixels(model.decoder.mean(z_post, gen)),
+            "samples": pixels(model.decoder.mean(z_prior, gen))}
 
 
 def load_run(run_dir: Path, data_dir: str | None = None):
@@ -117,7 +176,7 @@ def load_run(run_dir: Path, data_dir: str | None = None):
         cfg = from_dict(read_json(run_dir / "config.json"))
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{run_dir / 'config.json'}: not a vae-bench config ({e})") from None
-    dataset = data_mod.load(cfg.dataset, data_dir)
+    dataset = load_dataset(cfg, data_dir)
     model, _ = build_model(cfg, dataset)
     try:
         state = torch.load(run_dir / "model.pt", map_location=cfg.device, weights_only=True)

@@ -3,8 +3,11 @@
 A profile (``bench/profiles/NAME.toml``) is a few overrides of ``default.toml``: ``[profile]``
 (description, seeds, budget), ``[defaults]`` (config overrides for every run) and ``[[config]]``
 entries (a label, a variant and its hyperparameters), and ``[[published]]`` numbers from papers
-to set beside a configuration where the protocol is comparable. ``inherits = "default"`` merges the parent's
-``[profile]`` and ``[defaults]`` and keeps its configurations unless the child lists its own.
+to set beside a configuration where the protocol is comparable. Optional ``[[group]]`` entries
+(a name and config overrides, e.g. a decoder setting) cross every configuration: the grid is
+then groups x configurations x seeds, labelled "group / configuration". ``inherits = "default"``
+merges the parent's ``[profile]`` and ``[defaults]`` and keeps its configurations (and groups,
+published numbers) unless the child lists its own.
 
 Every run is keyed by the hash of its resolved config; a run whose record exists is skipped, so an
 interrupted suite continues where it stopped. Records are renamed into place whole
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 
 from variants.base import ConfigError
 
-from .config import RunConfig, apply_overrides, resolve, to_dict
+from .config import RunConfig, apply_overrides, pretrain_config, resolve, to_dict
 from .results import ensure_writable, environment, read_json, write_run
 
 PROFILES = Path(__file__).parent / "profiles"
@@ -44,6 +47,7 @@ class Profile:
     defaults: dict
     configs: tuple[dict, ...]
     published: tuple[dict, ...] = ()
+    groups: tuple[dict, ...] = ()
 
 
 def profile_names() -> list[str]:
@@ -69,10 +73,10 @@ def load_profile(name_or_path: str) -> Profile:
     if not raw:
         raise ConfigError(f"profile {name!r} is empty; expected [profile], [defaults] and "
                           "[[config]] tables")
-    unknown = set(raw) - {"inherits", "profile", "defaults", "config", "published"}
+    unknown = set(raw) - {"inherits", "profile", "defaults", "config", "published", "group"}
     if unknown:
         raise ConfigError(f"profile {name!r}: unknown table {sorted(unknown)[0]!r}; allowed: "
-                          "inherits, profile, defaults, config, published")
+                          "inherits, profile, defaults, config, published, group")
     if "inherits" in raw:
         parent = load_profile(raw["inherits"])
         meta = {"description": parent.description, "seeds": list(parent.seeds),
@@ -80,9 +84,10 @@ def load_profile(name_or_path: str) -> Profile:
         defaults = {**parent.defaults, **raw.get("defaults", {})}
         configs = raw.get("config", list(parent.configs))
         published = raw.get("published", list(parent.published))
+        groups = raw.get("group", list(parent.groups))
     else:
         meta, defaults, configs = raw.get("profile", {}), raw.get("defaults", {}), raw.get("config")
-        published = raw.get("published", [])
+        published, groups = raw.get("published", []), raw.get("group", [])
     if not configs:
         raise ConfigError(f"profile {name!r} has no [[config]] entries; expected at least one "
                           "with a label and a variant")
@@ -94,27 +99,40 @@ def load_profile(name_or_path: str) -> Profile:
     for c in configs:
         if not isinstance(c, dict) or not {"label", "variant"} <= set(c):
             raise ConfigError(f"profile {name!r}: config {c!r} needs a label and a variant")
+    for g in groups:
+        if not isinstance(g, dict) or "name" not in g:
+            raise ConfigError(f"profile {name!r}: group {g!r} needs a name")
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
-                   defaults, tuple(configs), tuple(published))
+                   defaults, tuple(configs), tuple(published), tuple(groups))
 
 
 def grid(profile: Profile) -> list[tuple[str, RunConfig]]:
-    """(label, resolved config) for every configuration x seed, all validated up front."""
+    """(label, resolved config) for every [group x] configuration x seed, validated up front."""
     out = []
-    for entry in profile.configs:
-        hp = {k: v for k, v in entry.items() if k not in RESERVED}
-        for seed in profile.seeds:
-            overrides = {**profile.defaults, "variant": entry["variant"], "seed": seed, **hp}
-            try:
-                cfg = resolve(apply_overrides(RunConfig(), overrides))
-            except ConfigError as e:
-                raise ConfigError(f"profile {profile.name!r}, config {entry['label']!r}: {e}") \
-                    from None
-            out.append((entry["label"], cfg))
-    labels = [c["label"] for c in profile.configs]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"profile {profile.name!r}: duplicate config labels in {labels}")
+    for group in profile.groups or ({},):
+        over = {k: v for k, v in group.items() if k != "name"}
+        for entry in profile.configs:
+            hp = {k: v for k, v in entry.items() if k not in RESERVED}
+            label = f"{group['name']} / {entry['label']}" if group else entry["label"]
+            for seed in profile.seeds:
+                overrides = {**profile.defaults, **over, "variant": entry["variant"],
+                             "seed": seed, **hp}
+                try:
+                    cfg = resolve(apply_overrides(RunConfig(), overrides))
+                except ConfigError as e:
+                    raise ConfigError(f"profile {profile.name!r}, config {label!r}: {e}") \
+                        from None
+                out.append((label, cfg))
+    for what, names in (("config labels", [c["label"] for c in profile.configs]),
+                        ("group names", [g["name"] for g in profile.groups])):
+        if len(set(names)) != len(names):
+            raise ConfigError(f"profile {profile.name!r}: duplicate {what} in {names}")
     return out
+
+
+def group_of(label: str) -> str:
+    """The group part of a grid label ("" for a profile without groups)."""
+    return label.split(" / ")[0] if " / " in label else ""
 
 
 def runs_dir(results: Path, profile: Profile) -> Path:
@@ -151,6 +169,19 @@ def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
     out = runs_dir(results, profile)
     return [(label, cfg) for label, cfg in grid(profile)
             if not (out / run_name(cfg) / "metrics.json").exists()]
+
+
+def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
+    """The runs to do in order: first the missing pretrained decoders that pending lagging runs
+    start from (each once), then the runs themselves, so no worker waits for another's decoder."""
+    from .runner import run_name
+
+    first = {}
+    for cfg in configs:
+        pre = pretrain_config(cfg)
+        if pre is not None and not (out / run_name(pre) / "metrics.json").exists():
+            first.setdefault(run_name(pre), pre)
+    return [s for s in (list(first.values()), configs) if s]
 
 
 BACKENDS = ("local", "ray")
@@ -204,10 +235,14 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
                desc=profile.name)
     counts = Counter(total=total, skipped=total - len(todo))
     start = time.perf_counter()
-    statuses = _ray(todo, out, data_dir, ray_address) if backend == "ray" \
-        else _local(todo, out, data_dir, jobs)
-    for status in statuses:
-        counts[status] += 1
-        bar.update()
+    for i, stage in enumerate(stages(todo, out)):
+        statuses = _ray(stage, out, data_dir, ray_address) if backend == "ray" \
+            else _local(stage, out, data_dir, jobs)
+        for status in statuses:
+            if i == 0 and stage is not todo:  # a pretrained decoder, not a grid point
+                counts[f"pretrained decoders {status}"] += 1
+                continue
+            counts[status] += 1
+            bar.update()
     bar.close()
     return {**counts, "seconds": time.perf_counter() - start}

@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_flatten
 
 from variants import create as create_variant
 from variants.core import VAE
+from variants.decoders import made_masks
 from variants.latents import GaussianLatent
 
 from .metrics import IS_BLOCK, encode, nll_is_points
@@ -56,15 +57,38 @@ def matmul_peak(device: torch.device, size: int = 2048, reps: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def conv_peak(device: torch.device, channels: int = 64, size: int = 28, batch: int = 64,
+              reps: int = 5) -> float:
+    """fp32 GFLOP/s of a 3x3 convolution, channels -> channels, on batch x size x size images
+    (the best of reps, after a warm-up): the reference for a PixelCNN decoder."""
+    x = torch.randn(batch, channels, size, size, device=device)
+    w = torch.randn(channels, channels, 3, 3, device=device)
+    F.conv2d(x, w, padding=1)
+    best = min(timed(lambda: F.conv2d(x, w, padding=1), 3, device) / 3 for _ in range(reps))
+    return 2 * batch * channels * channels * 9 * size * size / best / 1e9
+
+
 def linear_flops(module: nn.Module) -> int:
     """Forward FLOPs per row of every Linear layer in module."""
     return sum(2 * m.in_features * m.out_features for m in module.modules()
                if isinstance(m, nn.Linear))
 
 
+def conv_flops(module: nn.Module, pixels: int) -> int:
+    """Forward FLOPs per image of every Conv2d in module (stride 1, outputs the image's size)."""
+    return sum(2 * m.in_channels * m.out_channels * math.prod(m.kernel_size) * pixels
+               for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def decoder_flops(decoder: nn.Module) -> int:
+    """Forward FLOPs of the decoder per (point, sample) row, as the dense kernels run them (a
+    masked matmul counts in full)."""
+    return linear_flops(decoder) + conv_flops(decoder, getattr(decoder, "d", 0))
+
+
 def step_flops(model: VAE, batch: int, samples: int) -> int:
     """Forward + backward FLOPs of one training step: encoder per point, decoder per sample."""
-    forward = batch * linear_flops(model.encoder) + batch * samples * linear_flops(model.decoder)
+    forward = batch * linear_flops(model.encoder) + batch * samples * decoder_flops(model.decoder)
     return 3 * forward
 
 
@@ -116,6 +140,41 @@ class HandWrittenVAE(nn.Module):
         return rec + kl
 
 
+class HandWrittenMADEVAE(nn.Module):
+    """The baseline for the MADE decoder, written as one would by hand: an MLP encoder and a
+    MADE whose every layer is a masked Linear applied to the full input (Germain et al. 2015),
+    z added to every hidden layer and the output. Masks from ``made_masks``, so it is the same
+    architecture; nothing of ``variants.decoders`` runs in it."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int, dec_hidden: tuple[int, ...]):
+        super().__init__()
+        enc, w = [], d_in
+        for h in hidden:
+            enc += [nn.Linear(w, h), nn.Tanh()]
+            w = h
+        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
+        widths = (d_in, *dec_hidden, d_in)
+        self.lins = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.zs = nn.ModuleList(nn.Linear(d_z, b, bias=False) for b in widths[1:])
+        self.direct = nn.Linear(d_in, d_in, bias=False)
+        masks, direct = made_masks(d_in, dec_hidden, -1)
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m)
+        self.register_buffer("direct_mask", direct)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        h = x
+        for i, (lin, zl) in enumerate(zip(self.lins, self.zs, strict=True)):
+            h = F.linear(h, lin.weight * getattr(self, f"mask{i}"), lin.bias) + zl(z)
+            h = torch.tanh(h) if i < len(self.lins) - 1 else h
+        logits = h + F.linear(x, self.direct.weight * self.direct_mask)
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum() / len(x)
+        return rec + kl
+
+
 def interleaved(fns: dict[str, Callable[[], object]], calls: int, rounds: int,
                 device: torch.device) -> dict[str, list[float]]:
     """Seconds per call of each fn, timed round-robin: every round times ``calls`` calls of each
@@ -134,21 +193,68 @@ def median_ratio(num: list[float], den: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
+#: the decoders `vae-bench throughput --decoder` measures, at CPU-sized defaults
+DECODER_SETUPS = {
+    "mlp": {},
+    "made": {"decoder": "made", "decoder_hidden": (500,)},
+    "pixelcnn": {"decoder": "pixelcnn", "image_shape": (28, 28), "layers": 3, "channels": 16},
+}
+
+
+class HandWrittenPixelCNNVAE(nn.Module):
+    """The baseline for the PixelCNN decoder: the minimal loop (encoder, reparameterization,
+    BCE on the logits, analytic KL) around a ``PixelCNNDecoder`` of the same size. The
+    convolutions are the work here; how well they run is judged against the conv peak."""
+
+    def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int, **decoder_kwargs):
+        super().__init__()
+        from variants.decoders import PixelCNNDecoder
+
+        enc, w = [], d_in
+        for h in hidden:
+            enc += [nn.Linear(w, h), nn.Tanh()]
+            w = h
+        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
+        kw = {k: v for k, v in decoder_kwargs.items() if k != "decoder"}
+        self.dec = PixelCNNDecoder(d_z, kw.pop("image_shape"), **kw)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = self.dec.logits(x, z[None])[0]
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum() / len(x)
+        return rec + kl
+
+
+def hand_written_model(decoder: str, d_in: int, hidden: tuple[int, ...], latent: int, k: int,
+                       categorical) -> nn.Module:
+    kwargs = DECODER_SETUPS[decoder]
+    if decoder == "made":
+        return HandWrittenMADEVAE(d_in, hidden, latent, kwargs["decoder_hidden"])
+    if decoder == "pixelcnn":
+        return HandWrittenPixelCNNVAE(d_in, hidden, latent, **kwargs)
+    return HandWrittenVAE(d_in, hidden, latent, k, categorical)
+
+
 def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
                      hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
-                     calls: int = 10, rounds: int = 15, compile: bool = False) -> dict:
+                     calls: int = 10, rounds: int = 15, compile: bool = False,
+                     decoder: str = "mlp") -> dict:
     """Train-step samples/s of ours and of two hand-written loops, interleaved; medians.
 
     Baselines: ``minimal`` is the loop most people write (``torch.optim.Adam`` with its default
     implementation); ``same_optimizer`` is the same loop with the fused Adam that ``fit`` uses,
     so ``ratio_same_optimizer`` isolates what the harness itself costs or saves. With
     ``compile``, the fast mode (``bench.train.compile_model``) is timed in the same rounds.
+    ``decoder`` picks the decoder family (``DECODER_SETUPS``) and its hand-written counterpart.
     """
     variant = create_variant(variant_name)
     lat = variant.latent(latent)
-    model = VAE(d_in, lat, hidden=hidden).to(device)
+    model = VAE(d_in, lat, hidden=hidden, **DECODER_SETUPS[decoder]).to(device)
     categorical = (lat.n_vars, lat.n_classes) if hasattr(lat, "n_classes") else None
-    bases = {name: HandWrittenVAE(d_in, hidden, latent, variant.train_samples(), categorical).to(device)
+    bases = {name: hand_written_model(decoder, d_in, hidden, latent, variant.train_samples(),
+                                      categorical).to(device)
              for name in ("minimal", "same_optimizer")}
     opt = make_optimizer(model.parameters(), lr=1e-4)
     opts = {"minimal": torch.optim.Adam(bases["minimal"].parameters(), lr=1e-4),
@@ -172,7 +278,8 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
     t = interleaved(fns, calls, rounds, device)
     flops = step_flops(model, batch, variant.train_samples())
     sec = statistics.median(t["ours"])
-    row = {"variant": variant_name, "batch": batch, "samples_per_s": batch / sec,
+    row = {"variant": variant_name, "decoder": decoder, "batch": batch,
+           "samples_per_s": batch / sec,
            "baseline_samples_per_s": batch / statistics.median(t["minimal"]),
            "ratio_to_baseline": median_ratio(t["minimal"], t["ours"]),
            "same_optimizer_samples_per_s": batch / statistics.median(t["same_optimizer"]),
@@ -184,28 +291,46 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
     return row
 
 
+def eval_flops(decoder: nn.Module, points: int, k: int) -> int:
+    """Decoder FLOPs of importance sampling points x K: what depends on x alone (the x-terms of
+    an autoregressive decoder) once per point, the rest per sample."""
+    per_row = decoder_flops(decoder)
+    shared = 0
+    if hasattr(decoder, "layers"):  # MADE: the first masked layer and the direct map
+        shared = linear_flops(decoder.layers[0]) + (linear_flops(decoder.direct)
+                                                    if decoder.direct is not None else 0)
+    elif hasattr(decoder, "v_convs"):  # PixelCNN: the first layer's convolutions of x
+        shared = sum(conv_flops(m, decoder.d) for m in
+                     (decoder.v_convs[0], decoder.h_convs[0], decoder.v_to_h[0]))
+    return points * shared + points * k * (per_row - shared)
+
+
 def eval_throughput(device: torch.device, k: int = 1000, points: int = 200,
                     hidden: tuple[int, ...] = (200, 200), latent: int = 50, d_in: int = 784,
-                    rounds: int = 7) -> dict:
+                    rounds: int = 7, decoder: str = "mlp") -> dict:
     """IS evaluation: (points x K) decoder samples per second and decoder GFLOP/s.
 
-    Each round measures the matmul peak and then the evaluator, back to back, and the fraction of
-    peak is the median of the per-round ratios: on a shared machine both move together.
+    Each round measures the peak (fp32 matmul; conv for a convolutional decoder) and then the
+    evaluator, back to back, and the fraction of peak is the median of the per-round ratios: on
+    a shared machine both move together.
     """
-    model = VAE(d_in, GaussianLatent(latent), hidden=hidden).to(device).eval()
+    model = VAE(d_in, GaussianLatent(latent), hidden=hidden,
+                **DECODER_SETUPS[decoder]).to(device).eval()
     x = (torch.rand(points, d_in, device=device) < 0.3).float()
-    flops = points * k * linear_flops(model.decoder)
+    flops = eval_flops(model.decoder, points, k)
+    peak_of = conv_peak if decoder == "pixelcnn" else matmul_peak
     times, fractions, peaks = [], [], []
     with torch.no_grad():
         q = encode(model, x)
         nll_is_points(model, q, x[:IS_BLOCK], min(k, 100), seed=0)  # warm-up
         for _ in range(rounds):
-            peaks.append(matmul_peak(device, reps=2))
+            peaks.append(peak_of(device, reps=2))
             times.append(timed(lambda: nll_is_points(model, q, x, k, seed=0), 1, device))
             fractions.append(flops / times[-1] / 1e9 / peaks[-1])
     sec = statistics.median(times)
-    return {"k": k, "points": points, "samples_per_s": points * k / sec,
+    return {"k": k, "points": points, "decoder": decoder, "samples_per_s": points * k / sec,
             "gflops": flops / sec / 1e9, "fraction_of_peak": statistics.median(fractions),
+            "peak": "conv" if decoder == "pixelcnn" else "matmul",
             "peak_gflops_rounds": peaks, "rounds": rounds}
 
 
@@ -252,31 +377,42 @@ def eval_peak_memory(k: int, points: int = 200, device: torch.device | None = No
 
 
 def run_all(device_name: str = "cpu", variants: list[str] | None = None, batch: int = 100,
-            k: int = 1000, compile: bool = False) -> dict:
+            k: int = 1000, compile: bool = False, decoder: str = "mlp") -> dict:
+    """Every variant's train step (for a decoder other than the MLP: the plain VAE unless
+    variants are named) and IS evaluation, with peak memory for the MLP decoder."""
     from variants import REGISTRY
 
     from .results import environment
 
     device = torch.device(device_name)
-    rows = [train_throughput(v, device, batch, compile=compile)
-            for v in (variants or list(REGISTRY))]
-    ev = eval_throughput(device, k=k)
+    names = variants or (list(REGISTRY) if decoder == "mlp" else ["vae"])
+    if decoder == "pixelcnn":  # a CPU-sized PixelCNN is ~100x an MLP per step: fewer repeats
+        rows = [train_throughput(v, device, batch, calls=2, rounds=5, compile=compile,
+                                 decoder=decoder) for v in names]
+        ev = eval_throughput(device, k=min(k, 20), points=100, rounds=3, decoder=decoder)
+    else:
+        rows = [train_throughput(v, device, batch, compile=compile, decoder=decoder)
+                for v in names]
+        ev = eval_throughput(device, k=k, decoder=decoder)
     # train steps against the best peak seen in this process (conservative on a drifting machine)
-    peak = max([matmul_peak(device), *ev["peak_gflops_rounds"]])
+    peak = max([(conv_peak if decoder == "pixelcnn" else matmul_peak)(device),
+                *ev["peak_gflops_rounds"]])
     for r in rows:
         r["fraction_of_peak"] = r["gflops"] / peak
-    mem = {kk: eval_peak_memory(kk, device=device) for kk in (k, 10 * k)}
-    ev["peak_mib"] = {str(kk): v for kk, v in mem.items()}
-    ev["memory_growth"] = mem[10 * k] / mem[k] - 1
+    if decoder == "mlp":
+        mem = {kk: eval_peak_memory(kk, device=device) for kk in (k, 10 * k)}
+        ev["peak_mib"] = {str(kk): v for kk, v in mem.items()}
+        ev["memory_growth"] = mem[10 * k] / mem[k] - 1
     env = environment(device_name, {}, {})
-    return {"device": device_name, "matmul_peak_gflops": peak, "train": rows, "eval": ev,
+    return {"device": device_name, "decoder": decoder, "matmul_peak_gflops": peak,
+            "train": rows, "eval": ev,
             "env": {k_: env[k_] for k_ in ("torch", "cpu", "cpu_capability", "threads",
                                            "cuda_device", "git_commit")}}
 
 
 def format_table(result: dict) -> str:
     hw = result["env"].get("cuda_device") or result["env"]["cpu_capability"]
-    lines = [f"device {result['device']} ({hw}, "
+    lines = [f"decoder {result.get('decoder', 'mlp')}; device {result['device']} ({hw}, "
              f"{result['env']['threads']} threads, torch {result['env']['torch']}): "
              f"best fp32 matmul peak measured in this process {result['matmul_peak_gflops']:.1f} "
              "GFLOP/s (train steps: fraction of it; IS eval: of the peak measured next to it)",
@@ -292,8 +428,10 @@ def format_table(result: dict) -> str:
                      + (f"   fast mode {r['fast_samples_per_s']:.0f}/s = "
                         f"{r['fast_over_eager']:.2f}x eager" if "fast_over_eager" in r else ""))
     ev = result["eval"]
+    memory = (f"; peak memory {ev['peak_mib']} MiB (growth K x10: {ev['memory_growth']:+.1%})"
+              if "peak_mib" in ev else "")
     lines.append(f"IS eval K={ev['k']}: {ev['samples_per_s']:.3g} point-samples/s, "
-                 f"{ev['gflops']:.1f} decoder GFLOP/s = {ev['fraction_of_peak']:.1%} of peak; "
-                 f"peak memory {ev['peak_mib']} MiB (growth K x10: {ev['memory_growth']:+.1%})")
+                 f"{ev['gflops']:.1f} decoder GFLOP/s = {ev['fraction_of_peak']:.1%} of "
+                 f"{ev.get('peak', 'matmul')} peak{memory}")
     return "\n".join(lines)
 

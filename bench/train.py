@@ -20,7 +20,8 @@ class FitResult:
     status: str = "ok"
     diverged_step: int | None = None
     last_finite: dict | None = None  # loss, -ELBO and KL of the last finite step (batch means)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training alone, without the per-epoch diagnostics
+    diagnostics_seconds: float = 0.0
     steps: int = 0
 
 
@@ -67,11 +68,13 @@ def train_step(model, variant, opt, x: torch.Tensor, step: int, total: int, nois
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
         streams, dynamic_binarization: bool, progress: bool = False,
-        compile: bool = False) -> FitResult:
+        compile: bool = False, epoch_end=None) -> FitResult:
     """Adam on the variant's loss. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
-    the whole training split from ``streams.binarize`` (dynamic binarization).
+    the whole training split from ``streams.binarize`` (dynamic binarization). ``epoch_end(epoch)``
+    (the validation diagnostics) returns columns for the epoch's history row; its time is kept
+    apart from the training time.
     """
     opt = make_optimizer(model.parameters(), lr)
     net = compile_model(model) if compile else model
@@ -106,10 +109,17 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
                                                                    values, strict=True))}
             break
         loss_m, nelbo_m, kl_m = (sums / n).tolist()
-        elapsed = time.perf_counter() - start
-        result.history.append({"epoch": epoch, "step": step, "loss": loss_m,
-                               "neg_elbo": nelbo_m, "kl": kl_m, "seconds": elapsed})
+        elapsed = time.perf_counter() - start - result.diagnostics_seconds
+        row = {"epoch": epoch, "step": step, "loss": loss_m, "neg_elbo": nelbo_m, "kl": kl_m,
+               "seconds": elapsed}
+        if epoch_end is not None:
+            tic = time.perf_counter()
+            row.update(epoch_end(epoch))
+            row["diagnostics_seconds"] = time.perf_counter() - tic
+            result.diagnostics_seconds += row["diagnostics_seconds"]
+        result.history.append(row)
         bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
     bar.close()
-    result.train_seconds, result.steps = time.perf_counter() - start, step
+    result.train_seconds = time.perf_counter() - start - result.diagnostics_seconds
+    result.steps = step
     return result

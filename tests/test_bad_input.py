@@ -86,7 +86,7 @@ CASES = [
     Case("profile with bad seeds", ["suite", "--profile", "{tmp}/p.toml"], "seeds=",
          setup=lambda t: profile_file(t, 'inherits = "smoke"\n[profile]\nseeds = [-1]\n')),
     Case("profile with a bad value", ["suite", "--profile", "{tmp}/p.toml"],
-         "config 'vae': config: train.lr='fast' is invalid",
+         "config 'mlp / vae': config: train.lr='fast' is invalid",
          setup=lambda t: profile_file(t, 'inherits = "smoke"\n[defaults]\n"train.lr" = "fast"\n')),
     Case("missing data directory", ["--data-dir", "{tmp}/nowhere", "run", "--dataset",
                                     "fashion-mnist"], "dataset 'fashion-mnist' not found; tried"),

@@ -25,6 +25,7 @@ from bench.suite import load_profile, run_suite
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.csv"
 NATS = {"atol": 1e-6, "rtol": 1e-7}
 TOLERANCES = {**{c: NATS for c in REGRESSION_COLUMNS}, "active_units": {"atol": 0, "rtol": 0},
+              "active_units_strict": {"atol": 0, "rtol": 0},
               "ess": {"atol": 1e-6, "rtol": 0}}
 
 

@@ -11,7 +11,7 @@ from .base import ConfigError, Param, Variant
 
 REGISTRY: dict[str, type[Variant]] = {}
 
-_MODULES = ("vae", "beta", "annealing", "free_bits", "iwae", "gumbel")
+_MODULES = ("vae", "beta", "annealing", "free_bits", "iwae", "gumbel", "decoder_only")
 
 
 def register(name: str):

@@ -59,8 +59,7 @@ class GaussianLatent:
                            device=like.device)
 
     def posterior(self, params: Tensor) -> GaussianPosterior:
-        mu, logvar = params.chunk(2, dim=-1)
-        return GaussianPosterior(mu, logvar)
+        return GaussianPosterior(params[..., :self.dim], params[..., self.dim:])
 
 
 @dataclass
