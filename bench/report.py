@@ -208,6 +208,8 @@ def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Pa
                 ax.fill_between(epochs, vals.min(0), vals.max(0), color=c, alpha=0.15, lw=0)
                 ax.set(xlabel="epoch", title=f"{group + ': ' if group else ''}{title}")
     axes[0, 0].legend(fontsize=6)
+    for ax in axes.ravel():
+        ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes[:, :2].ravel():
         ax.set_yscale("symlog", linthresh=0.1)
     fig.suptitle(f"Collapse trajectories on the validation split ({profile.name}): mean over "
@@ -297,6 +299,12 @@ def _environment(profile: Profile, summary: pd.DataFrame, results: Path) -> dict
     return {"config": config, "env": env, "commits": commits}
 
 
+def _decoder_text(profile: Profile, model: dict) -> str:
+    if any(k.startswith("model.") for g in profile.groups for k in g):
+        return "decoder per setting (below)"
+    return f"decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}"
+
+
 def _test_split(ev: dict) -> str:
     n = ev.get("test_points")
     return f"the first {n} points of the test split" if n else "the whole test split"
@@ -345,7 +353,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         f"({(summary['status'] == 'ok').sum()} ok); seeds: {list(profile.seeds)}",
         f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
         f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
-        f"own latent), decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}; batch "
+        f"own latent), {_decoder_text(profile, model)}; batch "
         f"{train.get('batch_size')}, Adam lr {train.get('lr')}, {train.get('epochs')} epochs, "
         f"dtype {cfg.get('dtype')}",
         f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "

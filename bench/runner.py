@@ -112,7 +112,7 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     pre = pretrained_decoder(cfg, target.parent, data_dir)
     dataset = load_dataset(cfg, data_dir)
     deterministic = set_deterministic(cfg.deterministic)
-    model, variant = build_model(cfg, dataset, pre and pre[1])
+    model, variant = build_model(cfg, dataset, pre[1] if pre else None)
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     epoch_end = None
     if dataset.valid is not None:
@@ -128,7 +128,7 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
                  compile=cfg.train.compile, epoch_end=epoch_end)
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
-               "pretrained_decoder": pre and pre[0],
+               "pretrained_decoder": pre[0] if pre else None,
                "train_seconds": result.train_seconds,
                "diagnostics_seconds": result.diagnostics_seconds,
                "train_samples_per_s": result.steps * cfg.train.batch_size

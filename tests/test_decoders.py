@@ -228,6 +228,18 @@ def lag_local(tmp_path_factory):
     return tmp / "lag.toml", regression_frame(summarize(profile, tmp / "results"))
 
 
+def test_report_has_a_table_per_group_and_the_collapse_trajectories(lag_local, tmp_path):
+    from bench.report import write_report
+
+    path, _ = lag_local
+    profile = load_profile(str(path))
+    written = write_report(profile, path.parent / "results", tmp_path)
+    report = (tmp_path / "lag.md").read_text()
+    assert "### made-lagging" in report and "AU strict" in report
+    assert "no estimate pooled over N points exceeds log N = 5.70" in report  # 300 test digits
+    assert tmp_path / "lag" / "collapse_trajectories.png" in written
+
+
 @pytest.mark.slow
 def test_lagging_grid_resumed_equals_uninterrupted(tmp_path, lag_local):
     import shutil
