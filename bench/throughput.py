@@ -140,6 +140,15 @@ class HandWrittenVAE(nn.Module):
         return rec + kl
 
 
+def tanh_encoder(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
+    """A plain tanh MLP, the hand-written baselines' encoder."""
+    layers, w = [], d_in
+    for h in hidden:
+        layers += [nn.Linear(w, h), nn.Tanh()]
+        w = h
+    return nn.Sequential(*layers, nn.Linear(w, d_out))
+
+
 class HandWrittenMADEVAE(nn.Module):
     """The baseline for the MADE decoder, written as one would by hand: an MLP encoder and a
     MADE whose every layer is a masked Linear applied to the full input (Germain et al. 2015),
@@ -148,11 +157,7 @@ class HandWrittenMADEVAE(nn.Module):
 
     def __init__(self, d_in: int, hidden: tuple[int, ...], d_z: int, dec_hidden: tuple[int, ...]):
         super().__init__()
-        enc, w = [], d_in
-        for h in hidden:
-            enc += [nn.Linear(w, h), nn.Tanh()]
-            w = h
-        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
+        self.enc = tanh_encoder(d_in, hidden, 2 * d_z)
         widths = (d_in, *dec_hidden, d_in)
         self.lins = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
         self.zs = nn.ModuleList(nn.Linear(d_z, b, bias=False) for b in widths[1:])
@@ -210,11 +215,7 @@ class HandWrittenPixelCNNVAE(nn.Module):
         super().__init__()
         from variants.decoders import PixelCNNDecoder
 
-        enc, w = [], d_in
-        for h in hidden:
-            enc += [nn.Linear(w, h), nn.Tanh()]
-            w = h
-        self.enc = nn.Sequential(*enc, nn.Linear(w, 2 * d_z))
+        self.enc = tanh_encoder(d_in, hidden, 2 * d_z)
         kw = {k: v for k, v in decoder_kwargs.items() if k != "decoder"}
         self.dec = PixelCNNDecoder(d_z, kw.pop("image_shape"), **kw)
 
