@@ -48,7 +48,7 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     depend on the step (annealing weights, temperatures), run eagerly and pass their values in,
     as arguments; a float option (the Gumbel-Softmax temperature) or a batch size that changes
     compiles once more and is then symbolic. Evaluation never uses it (it needs no gradients and
-    has its own fast path, ``variants.core.InferenceDecoder``).
+    has its own fast path, ``VAE.inference_decoder``).
     """
     cuda = next(model.parameters()).is_cuda
     return torch.compile(model, mode="reduce-overhead" if cuda else None)

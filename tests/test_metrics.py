@@ -10,7 +10,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from bench import metrics
-from variants import core
+from variants import decoders
 from variants.core import VAE
 from variants.latents import GaussianLatent, GaussianPosterior
 
@@ -188,7 +188,7 @@ def test_evaluation_decoder_equals_the_straightforward_computation_in_float64(ac
     ref = reference_log_likelihood(model, x, z)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(plain, ref, rtol=0, atol=1e-10)
-    assert z.shape[0] * z.shape[1] > core.EVAL_TILE_ROWS
+    assert z.shape[0] * z.shape[1] > decoders.EVAL_TILE_ROWS
 
 
 @pytest.mark.parametrize("scale", [1.0, 5.0, 20.0])
@@ -224,7 +224,7 @@ def test_softplus_sum_by_products_of_sigmoids(d):
     ref = torch.nn.functional.softplus(logits, threshold=1e9).sum(-1)
     ref[3] = torch.nn.functional.softplus(logits[3]).sum()
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-5)):
-        got = core.softplus_sum_(logits.to(dtype).clone()).double()
+        got = decoders.softplus_sum_(logits.to(dtype).clone()).double()
         assert torch.isfinite(got).all()
         assert ((got - ref).abs() <= tol * (1 + ref.abs())).all(), (dtype, (got - ref).abs().max())
 

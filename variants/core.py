@@ -15,14 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .decoders import (  # noqa: F401  (re-exported: the evaluator's pieces live there)
-    EVAL_TILE_ROWS,
-    InferenceDecoder,
-    bernoulli_log_prob,
-    make_decoder,
-    mlp,
-    softplus_sum_,
-)
+from .decoders import make_decoder, mlp
 from .latents import GaussianLatent
 
 LOG_2PI = math.log(2 * math.pi)
