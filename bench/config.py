@@ -239,6 +239,9 @@ def run_id(cfg: RunConfig) -> str:
     for section, key in HASHED_ONLY_WHEN_SET:  # added later: existing run ids stay valid
         if d[section][key] == getattr(getattr(RunConfig(), section), key):
             del d[section][key]
+    for key, param in _variant_params(cfg.variant).items():  # the same for variant parameters
+        if param.late and d["hparams"].get(key) == param.default:
+            del d["hparams"][key]
     pre = pretrain_config(cfg)
     if pre is not None:  # the pretrained decoder's identity is part of this run's
         d["decoder_pretrain_run"] = run_id(pre)

@@ -56,7 +56,7 @@ def mean_se(values: Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def encode(model, x: Tensor, batch: int = 2000):
     """The posterior of the whole split, encoded once in batches."""
-    params = torch.cat([model.encoder(x[i:i + batch]) for i in range(0, len(x), batch)])
+    params = torch.cat([model.posterior_params(x[i:i + batch]) for i in range(0, len(x), batch)])
     return model.latent.posterior(params)
 
 

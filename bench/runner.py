@@ -53,10 +53,12 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
-        model = VAE(dataset.input_dim, variant.latent(m.latent_dim), hidden=m.hidden,
+        latent = variant.latent(m.latent_dim)
+        model = VAE(dataset.input_dim, latent, hidden=m.hidden,
                     decoder_hidden=m.decoder_hidden, activation=m.activation,
                     likelihood=dataset.likelihood, decoder=m.decoder,
-                    **decoder_options(cfg, dataset))
+                    head=variant.posterior_head(latent),
+                    **{**decoder_options(cfg, dataset), **variant.decoder_options()})
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
     if pretrained_decoder is not None:
         model.decoder.load_pretrained(pretrained_decoder)
@@ -121,11 +123,14 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
         def epoch_end(epoch: int) -> dict:
             return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
 
-    result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
-                 epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                 streams=Streams.from_seed(cfg.seed, device),
-                 dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
-                 compile=cfg.train.compile, epoch_end=epoch_end)
+    # what draws from torch's global generator in training (dropout) draws from the seed's own
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(derive(cfg.seed, "global"))
+        result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
+                     epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                     streams=Streams.from_seed(cfg.seed, device),
+                     dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
+                     compile=cfg.train.compile, epoch_end=epoch_end)
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
                "pretrained_decoder": pre[0] if pre else None,

@@ -35,12 +35,13 @@ class Streams:
     data: torch.Generator
     binarize: torch.Generator
     noise: torch.Generator
+    procedure: torch.Generator  # what a variant's training procedure draws (fresh minibatches)
 
     @classmethod
     def from_seed(cls, seed: int, device: str | torch.device = "cpu") -> Streams:
         # data order and binarization happen on the CPU; z-noise is drawn on the device.
-        return cls(generator(seed, "data"),
-                   generator(seed, "binarize"), generator(seed, "noise", device=device))
+        return cls(generator(seed, "data"), generator(seed, "binarize"),
+                   generator(seed, "noise", device=device), generator(seed, "procedure"))
 
 
 def set_deterministic(enabled: bool) -> dict:

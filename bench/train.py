@@ -54,16 +54,104 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(model, mode="reduce-overhead" if cuda else None)
 
 
-def train_step(model, variant, opt, x: torch.Tensor, step: int, total: int, noise):
-    """One optimizer step on the variant's loss; returns (loss, terms), or None if the loss is
-    not finite (then nothing is updated)."""
-    loss, terms = variant.loss(model, x, step, total, noise)
-    if not math.isfinite(loss.item()):
-        return None
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss, terms
+class Trainer:
+    """What a variant's training procedure may use (``Variant.train_step`` and ``epoch_end``):
+    the step counters, the model (``net`` is the one to call: compiled in the fast mode), Adam
+    optimizers by part, fresh minibatches, and the weights the run started from.
+
+    Parts: ``model`` (every parameter, the default), ``encoder`` (q(z|x)'s) and ``decoder``
+    (p(x|z)'s). Adam updates each parameter from its own gradient and moments, so stepping the
+    encoder's and the decoder's optimizers together is the same update as the model's one.
+    """
+
+    def __init__(self, model, net, lr: float, streams, train_x: torch.Tensor, batch_size: int,
+                 dynamic_binarization: bool, total: int):
+        self.model, self.net, self.lr = model, net, lr
+        self.streams, self.noise = streams, streams.noise
+        self.train_x, self.batch_size = train_x, batch_size
+        self.dynamic_binarization = dynamic_binarization
+        self.step, self.total, self.epoch = 0, total, 0
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._initial = None
+        self._factor = 1.0
+
+    @classmethod
+    def for_step(cls, net, opt: torch.optim.Optimizer, noise: torch.Generator, step: int,
+                 total: int) -> Trainer:
+        """A trainer around one given optimizer of the whole model, for single steps."""
+        self = cls.__new__(cls)
+        self.model, self.net, self.noise = getattr(net, "_orig_mod", net), net, noise
+        self.step, self.total, self._optimizers, self._factor = step, total, {"model": opt}, 1.0
+        return self
+
+    def parameters(self, part: str) -> list:
+        if part == "model":
+            return list(self.model.parameters())
+        if part == "encoder":
+            return self.model.encoder_parameters()
+        if part == "decoder":
+            return self.model.decoder_parameters()
+        raise ValueError(f"unknown part {part!r}; allowed: model, encoder, decoder")
+
+    def optimizer(self, part: str = "model") -> torch.optim.Optimizer:
+        if part not in self._optimizers:
+            self._optimizers[part] = make_optimizer(self.parameters(part), self.lr * self._factor)
+        return self._optimizers[part]
+
+    def set_lr_factor(self, factor: float) -> None:
+        if factor != self._factor:
+            self._factor = factor
+            for opt in self._optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = self.lr * factor
+
+    def update(self, loss: torch.Tensor, *parts: str, clip: float = 0.0) -> bool:
+        """One optimizer step of ``parts`` (default: the model) on ``loss``; only their gradients
+        are computed, and ``clip > 0`` clips their joint norm. False, with nothing updated, if
+        the loss is not finite."""
+        if not math.isfinite(loss.item()):
+            return False
+        parts = parts or ("model",)
+        params = [p for part in parts for p in self.parameters(part)]
+        opts = [self.optimizer(part) for part in parts]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        if parts == ("model",) or set(parts) == {"encoder", "decoder"}:
+            loss.backward()
+        else:  # the other part's gradients are not even computed
+            torch.autograd.backward(loss, inputs=[p for p in params if p.requires_grad])
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        for opt in opts:
+            opt.step()
+        return True
+
+    def fresh_batch(self) -> torch.Tensor:
+        """A random minibatch of the training split, freshly binarized for binary data, from the
+        run's own ``procedure`` stream (the data order and binarization streams are untouched)."""
+        gen = self.streams.procedure
+        idx = torch.randint(len(self.train_x), (self.batch_size,), generator=gen)
+        x = self.train_x[idx.to(self.train_x.device)]
+        return binarize(x.cpu(), gen).to(x.device) if self.dynamic_binarization else x
+
+    def remember_initial(self) -> None:
+        self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def reset(self, module: str) -> None:
+        """Set ``model.<module>`` back to the weights the run started from and every optimizer
+        to a fresh state (as a new training run would start)."""
+        prefix = module + "."
+        own = getattr(self.model, module)
+        own.load_state_dict({k[len(prefix):]: v for k, v in self._initial.items()
+                             if k.startswith(prefix)})
+        self._optimizers.clear()
+
+
+def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise):
+    """One step of the variant's procedure with the given optimizer of the whole model:
+    (loss, terms), or None if the loss was not finite. The benchmarks time this; ``fit`` runs
+    the same ``Variant.train_step``."""
+    return variant.train_step(Trainer.for_step(net, opt, noise, step, total), x)
 
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -76,23 +164,28 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     (the validation diagnostics) returns columns for the epoch's history row; its time is kept
     apart from the training time.
     """
-    opt = make_optimizer(model.parameters(), lr)
     net = compile_model(model) if compile else model
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
     total = epochs * per_epoch
+    trainer = Trainer(model, net, lr, streams, train_x, batch_size, dynamic_binarization, total)
+    trainer.optimizer()  # the model's optimizer exists from the start, as before
+    trainer.remember_initial()
     result, step = FitResult(), 0
     bar = tqdm(total=total, disable=not progress, unit="step", leave=False)
     start = time.perf_counter()
     model.train()
     for epoch in range(1, epochs + 1):
+        trainer.epoch = epoch
         order = torch.randperm(n, generator=streams.data).to(train_x.device)
         x_all = binarize(train_x.cpu(), streams.binarize).to(train_x.device) \
             if dynamic_binarization else train_x
         sums = torch.zeros(3, dtype=torch.float64, device=train_x.device)
         for i in range(per_epoch):
             x = x_all[order[i * batch_size:(i + 1) * batch_size]]
-            out = train_step(net, variant, opt, x, step, total, streams.noise)
+            trainer.step = step
+            trainer.set_lr_factor(variant.lr_factor(step, total))
+            out = variant.train_step(trainer, x)
             if out is None:
                 result.status, result.diverged_step = "diverged", step
                 break
@@ -117,6 +210,8 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
             row.update(epoch_end(epoch))
             row["diagnostics_seconds"] = time.perf_counter() - tic
             result.diagnostics_seconds += row["diagnostics_seconds"]
+        trainer.step = step
+        row.update(variant.epoch_end(trainer, row))
         result.history.append(row)
         bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
     bar.close()

@@ -43,7 +43,7 @@ def test_compiled_training_equals_eager(name, hparams):
     noise, noise_fast = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     taus = set()
     for step in range(6):
-        taus.add(json.dumps(variant.sample_options(step)))
+        taus.add(json.dumps(variant.sample_options(step, 6)))
         loss, terms = train_step(model, variant, opt, x, step, 6, noise)
         loss_fast, terms_fast = train_step(fast, variant, opt_fast, x, step, 6, noise_fast)
         torch.testing.assert_close(loss_fast, loss, rtol=1e-9, atol=1e-9)

@@ -11,7 +11,8 @@ from .base import ConfigError, Param, Variant
 
 REGISTRY: dict[str, type[Variant]] = {}
 
-_MODULES = ("vae", "beta", "annealing", "free_bits", "iwae", "gumbel", "decoder_only")
+_MODULES = ("vae", "beta", "annealing", "free_bits", "iwae", "gumbel", "decoder_only",
+            "aggressive", "bn_vae", "delta_vae", "pretrained_encoder", "skip_vae", "du_vae", "mmd")
 
 
 def register(name: str):

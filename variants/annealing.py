@@ -4,6 +4,9 @@
 - ``sigmoid``: a logistic ramp centred at half the warm-up (Bowman et al. 2016, section 3.1).
 - ``cyclical``: M cycles over the run; in each, w ramps linearly from 0 to 1 over the first
   fraction R of the cycle and stays at 1 (Fu et al. 2019, NAACL, eq. 5; defaults M = 4, R = 0.5).
+  Their PTB script also restarts a cosine learning rate every cycle, a confounder of the
+  schedule: off by default, ``lr_restarts = true`` turns it on (lr x (1 + cos(pi tau)) / 2 at
+  position tau of each cycle).
 
 The schedules are pure functions of the step; ``warmup = 0`` gives w = 1 throughout, i.e. `vae`.
 """
@@ -39,6 +42,8 @@ class KLAnnealing(Variant):
         "warmup": Param(0.5, "linear/sigmoid: fraction of the run spent ramping", low=0.0, high=1.0),
         "cycles": Param(4, "cyclical: number of cycles M over the run", low=1),
         "ratio": Param(0.5, "cyclical: fraction R of each cycle spent ramping", low=0.0, high=1.0),
+        "lr_restarts": Param(False, "cyclical: also restart a cosine learning rate every cycle "
+                             "(Fu et al.'s PTB script)", late=True),
     }
 
     neutral = {"schedule": "linear", "warmup": 0.0}
@@ -50,3 +55,9 @@ class KLAnnealing(Variant):
         ramp = hp["warmup"] * total_steps
         return linear(step, ramp) if kind == "linear" else sigmoid(step, ramp)
 
+
+    def lr_factor(self, step, total_steps):
+        if not (self.hp["lr_restarts"] and self.hp["schedule"] == "cyclical"):
+            return 1.0
+        period = total_steps / self.hp["cycles"]
+        return 0.5 * (1.0 + math.cos(math.pi * (step % period) / period))

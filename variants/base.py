@@ -4,10 +4,20 @@ A variant changes one thing by overriding one hook (DESIGN.md section 2, items 1
 
 - ``latent(dim)``: the latent family (default: diagonal Gaussian, N(0, I) prior);
 - ``train_samples()``: samples of z per data point in a training step (default 1);
-- ``sample_options(step)``: options for drawing training samples (e.g. a temperature);
+- ``sample_options(step, total_steps)``: options of the step's posterior and samples (e.g. a
+  temperature);
 - ``kl_weight(step, total_steps)``: the weight of the KL term over training (default 1);
 - ``regularizer(kl)``: the KL term from the per-unit KL (default: its sum, batch-averaged);
-- ``objective(terms, step, total_steps)``: the training loss from the terms.
+- ``objective(terms, step, total_steps)``: the training loss from the terms;
+- ``posterior_head(latent)``: a module between the encoder's outputs and the posterior's
+  parameters (BatchNorm on the means, a committed rate; default none);
+- ``decoder_options()``: options of the decoder family (z into every layer; default none);
+- ``lr_factor(step, total_steps)``: the learning rate's factor over training (default 1);
+- ``train_step(trainer, x)`` and ``epoch_end(trainer, diagnostics)``: the training procedure,
+  one step on a minibatch and what happens at an epoch end (default: one step of the loss on
+  every parameter; nothing). ``trainer`` (``bench.train.Trainer``) offers the step counters, the
+  optimizers by part (model, encoder, decoder), fresh minibatches and a reset to the initial
+  weights; a procedure never builds its own loop.
 
 Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.metrics``).
 """
@@ -17,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .latents import GaussianLatent
 
@@ -36,6 +46,8 @@ class Param:
     low_open: bool = False
     high: float | None = None
     choices: tuple[str, ...] | None = None
+    #: added after runs were recorded: part of a run's id only when set away from the default
+    late: bool = False
 
     def allowed(self) -> str:
         kind = type(self.default).__name__
@@ -76,6 +88,8 @@ class Param:
             raise bad
         if kind is float and value != value:  # NaN
             raise bad
+        if kind is float and value in (float("inf"), float("-inf")):
+            raise bad
         return value
 
 
@@ -109,7 +123,7 @@ class Variant:
     def train_samples(self) -> int:
         return 1
 
-    def sample_options(self, step: int) -> dict:
+    def sample_options(self, step: int, total_steps: int) -> dict:
         return {}
 
     def kl_weight(self, step: int, total_steps: int) -> float:
@@ -125,6 +139,29 @@ class Variant:
         reg = self.regularizer(terms.kl)
         return (reg if weight == 1.0 else weight * reg) - terms.log_px_z.mean()
 
+    def posterior_head(self, latent) -> nn.Module | None:
+        """A module mapping the encoder's outputs to the posterior's parameters (same shape),
+        called as ``head(params, **sample_options)``; None: the outputs are the parameters."""
+        return None
+
+    def decoder_options(self) -> dict:
+        """Keyword options for the decoder family (``variants.decoders.make_decoder``)."""
+        return {}
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        return 1.0
+
+    def train_step(self, trainer, x: Tensor):
+        """One training step on minibatch x: (loss, terms), or None if the loss was not finite
+        (then nothing was updated)."""
+        loss, terms = self.loss(trainer.net, x, trainer.step, trainer.total, trainer.noise)
+        return (loss, terms) if trainer.update(loss) else None
+
+    def epoch_end(self, trainer, diagnostics: dict) -> dict:
+        """Called after each epoch with its history row (the validation diagnostics included);
+        returns extra history columns."""
+        return {}
+
     # ---- assembled once -----------------------------------------------------------------------
     def loss(self, model, x: Tensor, step: int, total_steps: int, generator=None):
         """The training loss of one minibatch and the terms it came from."""
@@ -135,5 +172,5 @@ class Variant:
         """``loss`` given the raw noise of the samples, drawn outside: the model is then called
         on tensors only, so it can run compiled (the fast mode, ``bench.train.compile_model``;
         random number generators do not trace)."""
-        terms = model(x, noise=noise, **self.sample_options(step))
+        terms = model(x, noise=noise, **self.sample_options(step, total_steps))
         return self.objective(terms, step, total_steps), terms

@@ -93,7 +93,8 @@ class VAE(nn.Module):
 
     def __init__(self, input_dim: int, latent, hidden: Sequence[int] = (200, 200),
                  decoder_hidden: Sequence[int] | None = None, activation: str = "tanh",
-                 likelihood: str = "bernoulli", decoder: str = "mlp", **decoder_options):
+                 likelihood: str = "bernoulli", decoder: str = "mlp",
+                 head: nn.Module | None = None, **decoder_options):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood {likelihood!r} unknown; allowed: {', '.join(LIKELIHOODS)}")
@@ -105,13 +106,29 @@ class VAE(nn.Module):
         dec_hidden = tuple(hidden)[::-1] if decoder_hidden is None else tuple(decoder_hidden)
         self.encoder = nn.Sequential(*mlp(input_dim, hidden, latent.param_size, activation)) \
             if latent.param_size else NoEncoder()
+        self.head = head  # the variant's posterior parameterization, if any
         self.decoder = make_decoder(decoder, latent.dim, input_dim, hidden=dec_hidden,
                                     activation=activation, **decoder_options)
         if likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(()))
 
-    def encode(self, x: Tensor):
-        return self.latent.posterior(self.encoder(x))
+    def posterior_params(self, x: Tensor, **options) -> Tensor:
+        """The parameters of q(z|x): the encoder's outputs, through the variant's head if any."""
+        params = self.encoder(x)
+        return params if self.head is None else self.head(params, **options)
+
+    def encode(self, x: Tensor, **options):
+        return self.latent.posterior(self.posterior_params(x, **options))
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The inference network's parameters: q(z|x)'s (encoder and head)."""
+        head = list(self.head.parameters()) if self.head is not None else []
+        return list(self.encoder.parameters()) + head
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The generative model's parameters: p(x|z)'s."""
+        own = {id(p) for p in self.encoder_parameters()}
+        return [p for p in self.parameters() if id(p) not in own]
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z) for z of shape (S, B, Z) and x of shape (B, D) -> (S, B)."""
@@ -148,7 +165,8 @@ class VAE(nn.Module):
             z, log_pz = support
             log_px_z = self.log_likelihood(x, z.to(x).unsqueeze(1))  # (M, B)
             return torch.logsumexp(log_px_z.double() + log_pz, dim=0)
-        if self.likelihood == "gaussian" and len(self.decoder) == 1 \
+        if self.likelihood == "gaussian" and isinstance(self.decoder, nn.Sequential) \
+                and len(self.decoder) == 1 \
                 and isinstance(self.latent, GaussianLatent):
             w, b = self.decoder[0].weight.double(), self.decoder[0].bias.double()
             eye = torch.eye(len(b), dtype=w.dtype, device=w.device)
@@ -161,7 +179,7 @@ class VAE(nn.Module):
                 noise: Tensor | None = None, **sample_opts) -> Terms:
         """The terms for n_samples reparameterized samples per point, from ``noise`` (drawn by
         ``latent.draw_noise``) or, if it is None, from noise drawn here with ``generator``."""
-        q = self.encode(x)
+        q = self.encode(x, **sample_opts)
         if noise is None:
             noise = self.latent.draw_noise(n_samples, len(x), generator, x)
         z = q.reparameterize(noise, **sample_opts)

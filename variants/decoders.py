@@ -242,6 +242,40 @@ class AutoregressiveDecoder(nn.Module):
     load_pretrained = load_pretrained
 
 
+class SkipMLPDecoder(AutoregressiveDecoder):
+    """The MLP decoder with z fed into every layer (Skip-VAE, Dieng et al. 2019, AISTATS, eq. 6):
+    h_1 = f(W_1 z + b_1), h_l = f(W_l h_{l-1} + U_l z + b_l), logits = W_o h_L + U_o z + b_o.
+    The pixels stay independent given z; its layers keep the plain MLP decoder's names
+    (``0.weight`` ...), so a pretrained plain decoder loads into it, the skip maps at zero."""
+
+    def __init__(self, z_dim: int, d: int, hidden: Sequence[int], activation: str):
+        super().__init__()
+        self.d = d
+        layers = mlp(z_dim, hidden, d, activation)
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+        self.body = layers
+        self.skip = nn.ModuleList(nn.Linear(z_dim, lin.out_features, bias=False)
+                                  for lin in layers[2::2])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.logits_given(None, None, z)
+
+    def x_terms(self, x: Tensor) -> None:
+        return None  # the logits do not depend on x
+
+    def logits_given(self, terms, x: Tensor, z: Tensor) -> Tensor:
+        h = self.body[1](self.body[0](z))
+        for j, skip in enumerate(self.skip):
+            out = self.body[2 * j + 2](h) + skip(z)
+            h = self.body[2 * j + 3](out) if 2 * j + 3 < len(self.body) else out
+        return h
+
+    @torch.no_grad()
+    def mean(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.sigmoid(self.logits_given(None, None, z))
+
+
 class TiledInference:
     """No-grad log p(x|z) of an autoregressive decoder: its x-terms once per point (kept while
     the same x tensor is passed again, as the importance sampler does for each chunk of samples),
@@ -448,10 +482,15 @@ class PixelCNNDecoder(AutoregressiveDecoder):
 def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activation: str,
                  image_shape: Sequence[int] | None = None, window: int = -1,
                  direct: bool = True, z_output: bool = True, layers: int = 3,
-                 channels: int = 16, kernel: int = 3) -> nn.Module:
-    """The decoder family ``kind`` (one of DECODERS) for a latent of size z_dim and D pixels."""
+                 channels: int = 16, kernel: int = 3, skip: bool = False) -> nn.Module:
+    """The decoder family ``kind`` (one of DECODERS) for a latent of size z_dim and D pixels.
+
+    ``skip``: z enters every layer and the output (Skip-VAE). MADE and the PixelCNN already add z
+    to every hidden layer, so for them it turns on ``z_output``."""
+    z_output = z_output or skip
     if kind == "mlp":
-        return MLPDecoder(z_dim, d, hidden, activation)
+        return SkipMLPDecoder(z_dim, d, hidden, activation) if skip \
+            else MLPDecoder(z_dim, d, hidden, activation)
     if kind == "made":
         return MADEDecoder(z_dim, d, hidden, activation, window, direct, z_output)
     if kind == "pixelcnn":

@@ -41,7 +41,7 @@ class GumbelSoftmax(Variant):
     def latent(self, dim):
         return CategoricalLatent(self.hp["n_vars"], self.hp["n_classes"])
 
-    def sample_options(self, step):
+    def sample_options(self, step, total_steps):
         hp = self.hp
         tau = temperature(step, hp["tau0"], hp["tau_min"], hp["rate"], hp["every"])
         return {"tau": tau, "hard": hp["hard"]}
