@@ -61,6 +61,8 @@ class TrainConfig:
         "the same seed, data and decoder config trained this many epochs (0: from scratch)", low=0)
     validation_size: int = fld(-1, "points held out of the training split for the per-epoch "
                                "diagnostics, never trained on (-1: the dataset decides)", low=-1)
+    train_points: int = fld(0, "train on the first N points of the training split left after "
+                            "the validation hold-out (0: all of them): a CPU-budget knob", low=0)
     compile: bool = fld(False, "fast mode: torch.compile the model's training forward and backward "
                         "(with CUDA graphs on a GPU); equal to eager up to float rounding")
 
@@ -230,7 +232,7 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
 
 #: fields added after runs were recorded: part of a run's identity only when not at the default
-HASHED_ONLY_WHEN_SET = (("train", "compile"),)
+HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"))
 
 
 def run_id(cfg: RunConfig) -> str:

@@ -101,9 +101,17 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
 
 
 def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
-    """The run's dataset: its validation split held out of the training split, its test split
-    cut to the first ``eval.test_points`` points where that is set."""
+    """The run's dataset: its validation split held out of the training split, the training
+    split cut to its first ``train.train_points`` and the test split to its first
+    ``eval.test_points`` points where those are set."""
     dataset = data_mod.hold_out(data_mod.load(cfg.dataset, data_dir), cfg.train.validation_size)
+    m = cfg.train.train_points
+    if m:
+        if m > len(dataset.train):
+            raise ConfigError(f"train.train_points={m} is invalid for {cfg.dataset}; allowed: "
+                              f"0 .. {len(dataset.train)} (the training split after the "
+                              "validation hold-out)")
+        dataset = dataclasses.replace(dataset, train=dataset.train[:m])
     n = cfg.eval.test_points
     if n and n < len(dataset.test):
         dataset = dataclasses.replace(dataset, test=dataset.test[:n])
