@@ -75,21 +75,132 @@ def _arrow(metric: str) -> str:
     return "" if m is None or m.higher_is_better is None else (" ↑" if m.higher_is_better else " ↓")
 
 
-def main_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: seeds finished, and mean ± sd over seeds of the main metrics."""
+def _name(label: str) -> str:
+    """The configuration part of a "group / configuration" label."""
+    return label.split(" / ")[-1]
+
+
+def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
+    """Per configuration: seeds finished, and mean ± sd over seeds of the main metrics; with a
+    ``baseline`` configuration, the cost: mean training seconds relative to the baseline's (in
+    the same group), as measured, with the range of the seed-by-seed ratios in brackets."""
     ok = summary[summary["status"] == "ok"]
+    base = ok[ok["label"].map(_name) == baseline]
+    base_seconds = base["train_seconds"].astype(float).mean() if len(base) else np.nan
+    base_by_seed = base.set_index("seed")["train_seconds"].astype(float)
     out = []
     for label in dict.fromkeys(summary["label"]):
         rows = ok[ok["label"] == label]
         first = summary[summary["label"] == label].iloc[0]
-        rec = {"configuration": label.split(" / ")[-1], "variant": first["variant"],
+        rec = {"configuration": _name(label), "variant": first["variant"],
                "seeds": f"{len(rows)}/{(summary['label'] == label).sum()}"}
         for col in MAIN_COLUMNS:
             vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
             digits = 1 if col.startswith("active_units") else 2
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
+        if baseline:  # mean over mean, then the range of the seed-by-seed ratios
+            cost = rows["train_seconds"].astype(float).mean() / base_seconds if len(rows) \
+                else np.nan
+            per_seed = (rows.set_index("seed")["train_seconds"].astype(float)
+                        / base_by_seed).dropna()
+            spread = f" ({per_seed.min():.2f}–{per_seed.max():.2f})" if len(per_seed) > 1 else ""
+            rec[f"cost (x {baseline})"] = "n/a" if np.isnan(cost) else f"{cost:.2f}{spread}"
         out.append(rec)
     return pd.DataFrame(out)
+
+
+#: metrics of the paired comparison, and whether a positive difference is an improvement
+PAIRED = [("nll_is", "NLL"), ("kl", "KL"), ("mutual_info", "MI")]
+
+
+def paired_differences(summary: pd.DataFrame, reference: str) -> dict[str, dict]:
+    """Per configuration (not the reference): for each metric of ``PAIRED``, the differences
+    configuration - reference over the seeds both finished, their mean, and the half-width of
+    the 95 % t interval (n - 1 degrees of freedom): {name: {metric: (mean, half, n)}}."""
+    from scipy import stats
+
+    ok = summary[summary["status"] == "ok"]
+    ref = ok[ok["label"].map(_name) == reference].set_index("seed")
+    out = {}
+    for label in dict.fromkeys(ok["label"]):
+        if _name(label) == reference or ref.empty:
+            continue
+        rows = ok[ok["label"] == label].set_index("seed")
+        seeds = sorted(set(rows.index) & set(ref.index))
+        rec = {}
+        for col, _ in PAIRED:
+            d = (rows.loc[seeds, col].astype(float) - ref.loc[seeds, col].astype(float)).to_numpy()
+            n = len(d)
+            half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
+            rec[col] = (d.mean() if n else np.nan, half, n)
+        out[_name(label)] = rec
+    return out
+
+
+def paired_table(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The paired comparison with ``reference``: mean difference [95 % CI]; * where the interval
+    excludes 0."""
+    rows = []
+    for name, rec in paired_differences(summary, reference).items():
+        row = {"configuration": name, "seeds": next(iter(rec.values()))[2]}
+        for col, title in PAIRED:
+            mean, half, _ = rec[col]
+            if np.isnan(half):
+                row[f"Δ{title}"] = "n/a" if np.isnan(mean) else f"{mean:+.2f}"
+                continue
+            mark = " *" if abs(mean) > half else ""
+            row[f"Δ{title}"] = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]{mark}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+def reading(summary: pd.DataFrame, baseline: str, floor: str) -> str:
+    """A short reading of one group's numbers, generated from them: whether the baseline
+    collapsed, which configurations kept KL above 1 nat, which beat the decoder alone on NLL
+    (paired 95 % interval below 0), the best NLL and the most expensive method."""
+    ok = summary[summary["status"] == "ok"]
+    if ok.empty:
+        return ""
+    mean = ok.groupby(ok["label"].map(_name), sort=False)[["kl", "mutual_info", "nll_is",
+                                                           "train_seconds"]].mean()
+    latent = [n for n in mean.index if n != floor]
+    parts = []
+    if baseline in mean.index:
+        b = mean.loc[baseline]
+        state = "collapsed (KL below 1 nat)" if b["kl"] < 1 else "did not collapse"
+        parts.append(f"The plain `{baseline}` {state}: KL {b['kl']:.2f}, MI {b['mutual_info']:.2f} "
+                     "nats.")
+    kept = [n for n in latent if mean.loc[n, "kl"] >= 1]
+    lost = [n for n in latent if mean.loc[n, "kl"] < 1]
+    parts.append(f"KL above 1 nat: {_names(kept)}; below: {_names(lost)}.")
+    if floor in mean.index:
+        diffs = paired_differences(ok, floor)
+        better = [f"{n} ({d['nll_is'][0]:+.2f})" for n, d in diffs.items()
+                  if d["nll_is"][0] + d["nll_is"][1] < 0]
+        worse = [f"{n} ({d['nll_is'][0]:+.2f})" for n, d in diffs.items()
+                 if d["nll_is"][0] - d["nll_is"][1] > 0]
+        same = [n for n, d in diffs.items() if not np.isnan(d["nll_is"][1])
+                and abs(d["nll_is"][0]) <= d["nll_is"][1]]
+        parts.append(f"Against the decoder alone (`{floor}`, NLL {mean.loc[floor, 'nll_is']:.2f}), "
+                     f"paired over seeds: lower NLL, interval excluding 0: {_names(better)}; "
+                     f"higher: {_names(worse)}; not distinguishable: {_names(same)}.")
+    best = mean.loc[latent, "nll_is"].idxmin() if latent else None
+    if best is not None:
+        text = f"Best NLL: {best} ({mean.loc[best, 'nll_is']:.2f})"
+        if baseline in mean.index and best != baseline:
+            d = paired_differences(ok, baseline).get(best, {}).get("nll_is")
+            if d and not np.isnan(d[1]):
+                text += f", {d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] against `{baseline}`"
+        parts.append(text + ".")
+    if baseline in mean.index:
+        cost = (mean["train_seconds"] / mean.loc[baseline, "train_seconds"]).drop(baseline)
+        top = cost.idxmax()
+        parts.append(f"Most expensive: {top}, {cost[top]:.1f}x the training time of `{baseline}`.")
+    return " ".join(parts)
 
 
 def published_table(profile: Profile, summary: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +217,10 @@ def published_table(profile: Profile, summary: pd.DataFrame) -> pd.DataFrame:
 
 # ---- figures --------------------------------------------------------------------------------
 def _colors(labels: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+    """A distinct color per label: tab10 up to 10 labels, then tab20 (then repeating)."""
+    n = 10 if len(labels) <= 10 else 20
+    cmap = plt.get_cmap(f"tab{n}")
+    return {lab: cmap(i % n) for i, lab in enumerate(labels)}
 
 
 def _save(fig, path: Path) -> Path:
@@ -125,13 +238,19 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
     runs = runs_dir(results, profile)
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for lab in labels:
-        r = ok[ok["label"] == lab]
-        ax.scatter(r["kl"], r["recon"], color=color[lab], label=lab, s=25)
-    ax.set(xlabel="rate: KL (nats)", ylabel="distortion: -E_q log p(x|z) (nats)",
-           title=f"Rate-distortion plane ({profile.name}), one point per run")
-    ax.legend(fontsize=7)
+    groups = list(dict.fromkeys(summary["group"])) if "group" in summary else [""]
+    names = list(dict.fromkeys(_name(lab) for lab in labels))
+    name_color = _colors(names)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=True):
+        sub = ok[ok["group"] == group] if group else ok
+        for lab in dict.fromkeys(sub["label"]):
+            r = sub[sub["label"] == lab]
+            ax.scatter(r["kl"], r["recon"], color=name_color[_name(lab)], label=_name(lab), s=25)
+        ax.set(xlabel="rate: KL (nats)", ylabel="distortion: -E_q log p(x|z) (nats)",
+               title=f"Rate-distortion plane{': ' + group if group else ''}, one point per run")
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.legend(fontsize=6)
     paths.append(_save(fig, out / "rate_distortion.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -207,7 +326,7 @@ def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Pa
                 ax.plot(epochs, vals.mean(0), color=c, label=lab.split(" / ")[-1], lw=1.3)
                 ax.fill_between(epochs, vals.min(0), vals.max(0), color=c, alpha=0.15, lw=0)
                 ax.set(xlabel="epoch", title=f"{group + ': ' if group else ''}{title}")
-    axes[0, 0].legend(fontsize=6)
+    axes[0, -1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     for ax in axes.ravel():
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes[:, :2].ravel():
@@ -305,6 +424,11 @@ def _decoder_text(profile: Profile, model: dict) -> str:
     return f"decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}"
 
 
+def _train_points(train: dict) -> str:
+    n = train.get("train_points")
+    return f" on the first {n} points of the training split" if n else ""
+
+
 def _test_split(ev: dict) -> str:
     n = ev.get("test_points")
     return f"the first {n} points of the test split" if n else "the whole test split"
@@ -318,14 +442,34 @@ def _group_lines(profile: Profile) -> list[str]:
         for g in profile.groups)]
 
 
-def _main_tables(summary: pd.DataFrame) -> list[str]:
+def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
     groups = [g for g in dict.fromkeys(summary.get("group", pd.Series(dtype=str))) if g]
-    if not groups:
-        return [_markdown(main_table(summary)), ""]
     out = []
-    for g in groups:
-        out += [f"### {g}", "", _markdown(main_table(summary[summary["group"] == g])), ""]
+    for g in groups or [None]:
+        sub = summary if g is None else summary[summary["group"] == g]
+        out += ([f"### {g}", ""] if g else []) + [_markdown(main_table(sub, profile.baseline)),
+                                                 ""]
+        if profile.baseline:
+            out += [f"cost: training seconds (validation diagnostics and evaluation excluded) "
+                    f"relative to `{profile.baseline}`, mean over mean, and in brackets the range "
+                    "of the seed-by-seed ratios; runs that train for a few seconds vary by tens "
+                    "of percent on a shared machine.", "",
+                    f"Paired with `{profile.baseline}` of the same seed{' and setting' if g else ''}"
+                    ": mean difference over seeds [95 % t interval]; * where it excludes 0 "
+                    "(NLL: negative is better; KL, MI: positive is more use of the latent).", "",
+                    _markdown(paired_table(sub, profile.baseline)), ""]
+            text = reading(sub, profile.baseline, profile.floor)
+            if text:
+                out += [f"**Reading{' ' + g if g else ''}** (generated from the numbers): {text}", ""]
     return out
+
+
+def reference_section(profile: Profile) -> list[str]:
+    ref = profile.reference
+    if not ref:
+        return []
+    table = pd.DataFrame(ref["rows"], columns=ref["columns"])
+    return ["", f"## Reference: {ref['title']}", "", _markdown(table), "", ref.get("note", "")]
 
 
 def _mi_bound(summary: pd.DataFrame) -> str:
@@ -354,7 +498,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
         f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
         f"own latent), {_decoder_text(profile, model)}; batch "
-        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, {train.get('epochs')} epochs, "
+        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, {train.get('epochs')} epochs"
+        f"{_train_points(train)}, "
         f"dtype {cfg.get('dtype')}",
         f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "
         f"samples from q (eval seed {ev.get('seed')}); -ELBO with the analytic KL, "
@@ -373,7 +518,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "",
         "## Main table (mean ± sd over seeds; ↑ higher is better, ↓ lower is better)",
         "",
-        *_main_tables(summary),
+        *_main_tables(summary, profile),
         "All values in nats per test image. -ELBO is always the unmodified ELBO, whatever the "
         "variant optimizes. AU: units with Var_x E_q[z|x] > 0.01 (Burda et al. 2016; for "
         "categorical variables, the summed variance of their class probabilities); AU strict: the "
@@ -389,6 +534,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         lines += ["", "## Published numbers beside ours", "", _markdown(pub), "",
                   "Protocols differ where the table says so; a gap is expected where ours trains "
                   "for minutes and theirs for days."]
+    lines += reference_section(profile)
     lines += ["", "## Throughput", "", throughput_section(Path(results))]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(reports).as_posix()})" for p in figure_paths]
@@ -400,7 +546,9 @@ def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
     reports.mkdir(parents=True, exist_ok=True)
     summary_path = Path(results) / profile.name / "summary.csv"
     summary.to_csv(summary_path, index=False, float_format="%.10g")
-    table = main_table(summary)
+    table = main_table(summary, profile.baseline)
+    if "group" in summary and summary["group"].astype(bool).any():
+        table.insert(0, "setting", summary.drop_duplicates("label")["group"].to_numpy())
     figs = figures(profile, summary, results, reports / profile.name)
     md = reports / f"{profile.name}.md"
     md.write_text(render(profile, summary, results, figs, reports))

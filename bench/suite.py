@@ -23,7 +23,7 @@ import tomllib
 import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -48,6 +48,12 @@ class Profile:
     configs: tuple[dict, ...]
     published: tuple[dict, ...] = ()
     groups: tuple[dict, ...] = ()
+    #: label of the configuration every other one is compared with, seed by seed (the report's
+    #: paired comparison and cost column), and of the no-latent floor a method should beat
+    baseline: str = ""
+    floor: str = ""
+    #: a published table set beside ours: title, source, note, columns, rows
+    reference: dict = field(default_factory=dict)
 
 
 def profile_names() -> list[str]:
@@ -73,21 +79,25 @@ def load_profile(name_or_path: str) -> Profile:
     if not raw:
         raise ConfigError(f"profile {name!r} is empty; expected [profile], [defaults] and "
                           "[[config]] tables")
-    unknown = set(raw) - {"inherits", "profile", "defaults", "config", "published", "group"}
+    tables = ("inherits", "profile", "defaults", "config", "published", "group", "reference")
+    unknown = set(raw) - set(tables)
     if unknown:
         raise ConfigError(f"profile {name!r}: unknown table {sorted(unknown)[0]!r}; allowed: "
-                          "inherits, profile, defaults, config, published, group")
+                          + ", ".join(tables))
     if "inherits" in raw:
         parent = load_profile(raw["inherits"])
         meta = {"description": parent.description, "seeds": list(parent.seeds),
-                "budget": parent.budget, **raw.get("profile", {})}
+                "budget": parent.budget, "baseline": parent.baseline, "floor": parent.floor,
+                **raw.get("profile", {})}
         defaults = {**parent.defaults, **raw.get("defaults", {})}
         configs = raw.get("config", list(parent.configs))
         published = raw.get("published", list(parent.published))
         groups = raw.get("group", list(parent.groups))
+        reference = raw.get("reference", parent.reference)
     else:
         meta, defaults, configs = raw.get("profile", {}), raw.get("defaults", {}), raw.get("config")
         published, groups = raw.get("published", []), raw.get("group", [])
+        reference = raw.get("reference", {})
     if not configs:
         raise ConfigError(f"profile {name!r} has no [[config]] entries; expected at least one "
                           "with a label and a variant")
@@ -102,8 +112,14 @@ def load_profile(name_or_path: str) -> Profile:
     for g in groups:
         if not isinstance(g, dict) or "name" not in g:
             raise ConfigError(f"profile {name!r}: group {g!r} needs a name")
+    labels = [c["label"] for c in configs]
+    for key in ("baseline", "floor"):
+        if meta.get(key) and meta[key] not in labels:
+            raise ConfigError(f"profile {name!r}: {key}={meta[key]!r} is not a configuration; "
+                              f"allowed: {', '.join(labels)}")
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
-                   defaults, tuple(configs), tuple(published), tuple(groups))
+                   defaults, tuple(configs), tuple(published), tuple(groups),
+                   meta.get("baseline", ""), meta.get("floor", ""), reference)
 
 
 def grid(profile: Profile) -> list[tuple[str, RunConfig]]:

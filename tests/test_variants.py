@@ -43,15 +43,25 @@ def stable(metrics):
 
 
 @pytest.mark.parametrize("name, decoder", EVERY)
+def model_for(v, decoder="mlp", d=64, latent=8):
+    """The model of variant v as the runner builds it: its latent, head and decoder options."""
+    lat = v.latent(latent)
+    return VAE(d, lat, hidden=(32,), head=v.posterior_head(lat),
+               **{**DECODERS[decoder][1], **v.decoder_options()})
+
+
+@pytest.mark.parametrize("name, decoder", EVERY)
 def test_loss_is_finite_with_gradients_for_every_parameter(name, decoder):
     torch.manual_seed(0)
     v = variants.create(name)
-    model = VAE(64, v.latent(8), hidden=(32,), **DECODERS[decoder][1])
+    model = model_for(v, decoder)
     x = (torch.rand(16, 64) < 0.4).float()
     loss, _ = v.loss(model, x, step=3, total_steps=10, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
     loss.backward()
     for pname, p in model.named_parameters():
+        if not p.requires_grad:  # a fixed parameter (BN-VAE's scale)
+            continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         if (name, decoder) == ("decoder-only", "mlp") and pname.endswith(".weight"):
             # no latent: the MLP's input is empty, its hidden layers see the constant tanh(0) = 0
@@ -137,6 +147,12 @@ def test_beta_objective_differs_from_reported_elbo(tmp_path):
     ("kl-anneal", {"warmup": 1.5}, r"allowed: float in \[0, 1\]"),
     ("gumbel", {"hard": "maybe"}, "allowed: true or false"),
     ("vae", {"beta": 1}, "has no hyperparameter 'beta'; allowed: none"),
+    ("beta", {"beta": "inf"}, "allowed: float >= 0"),
+    ("free-bits", {"mode": "token"}, "allowed: one of batch, example, dimension"),
+    ("aggressive", {"patience": 0}, "allowed: int >= 1"),
+    ("bn-vae", {"gamma": 0}, "allowed: float > 0"),
+    ("mmd", {"alpha": 1.5}, r"allowed: float in \[0, 1\]"),
+    ("du-vae", {"p": 1}, r"allowed: float in \[0, 0.99\]"),
 ])
 def test_hyperparameters_are_validated(variant, setting, message):
     with pytest.raises(variants.ConfigError, match=message):

@@ -1,0 +1,74 @@
+"""The report's comparisons against hand computations on a synthetic summary."""
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.report import main_table, paired_differences, paired_table, reading, reference_section
+from bench.suite import load_profile
+
+
+def summary(rows):
+    """rows: (configuration, seed, nll, kl, mi, train_seconds) in one group 'g'."""
+    return pd.DataFrame([{"label": f"g / {c}", "group": "g", "variant": c, "seed": s,
+                          "status": "ok", "nll_is": n, "kl": k, "mutual_info": m,
+                          "train_seconds": t, "neg_elbo": n + 1, "active_units": 3,
+                          "active_units_strict": 1, "recon": n - k}
+                         for c, s, n, k, m, t in rows])
+
+
+DATA = summary([
+    ("vae", 0, 90.0, 0.3, 0.2, 10.0), ("vae", 1, 91.0, 0.5, 0.4, 12.0),
+    ("vae", 2, 92.0, 0.4, 0.3, 11.0),
+    ("floor", 0, 90.5, 0.0, 0.0, 9.0), ("floor", 1, 91.5, 0.0, 0.0, 9.0),
+    ("floor", 2, 92.5, 0.0, 0.0, 9.0),
+    ("fix", 0, 89.0, 5.0, 3.0, 33.0), ("fix", 1, 90.2, 6.0, 3.5, 33.0),
+    ("fix", 2, 90.9, 5.5, 3.2, 33.0),
+    ("noisy", 0, 88.0, 2.0, 1.0, 11.0), ("noisy", 2, 95.0, 2.0, 1.0, 11.0),  # seed 1 failed
+])
+
+
+def test_paired_differences_are_t_intervals_over_the_common_seeds():
+    d = paired_differences(DATA, "vae")
+    diffs = [-1.0, -0.8, -1.1]  # fix - vae, seed by seed
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)  # 4.303 * sd / sqrt 3
+    assert d["fix"]["nll_is"][0] == pytest.approx(mean)
+    assert d["fix"]["nll_is"][1] == pytest.approx(half)
+    assert d["noisy"]["nll_is"][2] == 2  # only seeds 0 and 2 pair
+    assert d["noisy"]["nll_is"][0] == pytest.approx((-2.0 + 3.0) / 2)
+    table = paired_table(DATA, "vae").set_index("configuration")
+    assert table.loc["fix", "ΔNLL"].endswith("*")  # [-1.38, -0.55]: excludes 0
+    assert not table.loc["noisy", "ΔNLL"].endswith("*")  # 2 seeds, wide interval
+    assert "vae" not in table.index
+
+
+def test_cost_column_is_training_time_relative_to_the_baseline():
+    table = main_table(DATA, "vae").set_index("configuration")
+    assert table.loc["vae", "cost (x vae)"] == "1.00 (1.00–1.00)"
+    # 33 / 11 on average; seed by seed 33/10, 33/12, 33/11
+    assert table.loc["fix", "cost (x vae)"] == "3.00 (2.75–3.30)"
+    assert table.loc["noisy", "cost (x vae)"] == "1.00 (1.00–1.10)"  # 11/11, 11/10 (seeds 2, 0)
+    assert "cost (x vae)" not in main_table(DATA).columns
+
+
+def test_reading_names_collapse_kl_above_one_nat_and_what_beats_the_floor():
+    text = reading(DATA, "vae", "floor")
+    assert "The plain `vae` collapsed (KL below 1 nat): KL 0.40" in text
+    assert "KL above 1 nat: fix, noisy; below: vae." in text
+    # fix - floor = -1.5, -1.3, -1.6: an interval below 0; vae - floor = -0.5 exactly each seed
+    assert "lower NLL, interval excluding 0: vae (-0.50), fix (-1.47)" in text
+    assert "not distinguishable: noisy" in text
+    assert "Best NLL: fix (90.03)" in text
+    assert "Most expensive: fix, 3.0x the training time of `vae`." in text
+
+
+def test_default_profile_sets_the_reference_table_beside_ours():
+    profile = load_profile("default")
+    assert profile.baseline == "vae" and profile.floor == "decoder-only"
+    lines = reference_section(profile)
+    assert "He et al. 2019, Table 1: OMNIGLOT" in lines[1]
+    assert "| aggressive | 89.03 | 2.5 | 2.2 |" in lines[3]
