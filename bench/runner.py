@@ -53,12 +53,10 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
-        latent = variant.latent(m.latent_dim)
-        model = VAE(dataset.input_dim, latent, hidden=m.hidden,
-                    decoder_hidden=m.decoder_hidden, activation=m.activation,
-                    likelihood=dataset.likelihood, decoder=m.decoder,
-                    head=variant.posterior_head(latent),
-                    **{**decoder_options(cfg, dataset), **variant.decoder_options()})
+        model = VAE.for_variant(variant, dataset.input_dim, m.latent_dim, hidden=m.hidden,
+                                decoder_hidden=m.decoder_hidden, activation=m.activation,
+                                likelihood=dataset.likelihood, decoder=m.decoder,
+                                **decoder_options(cfg, dataset))
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
     if pretrained_decoder is not None:
         model.decoder.load_pretrained(pretrained_decoder)

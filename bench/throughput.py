@@ -252,7 +252,8 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
     """
     variant = create_variant(variant_name)
     lat = variant.latent(latent)
-    model = VAE(d_in, lat, hidden=hidden, **DECODER_SETUPS[decoder]).to(device)
+    model = VAE.for_variant(variant, d_in, latent, hidden=hidden,
+                            **DECODER_SETUPS[decoder]).to(device)
     categorical = (lat.n_vars, lat.n_classes) if hasattr(lat, "n_classes") else None
     bases = {name: hand_written_model(decoder, d_in, hidden, latent, variant.train_samples(),
                                       categorical).to(device)

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import binarize
+from .seeding import Streams
 
 
 @dataclass
@@ -77,11 +78,13 @@ class Trainer:
 
     @classmethod
     def for_step(cls, net, opt: torch.optim.Optimizer, noise: torch.Generator, step: int,
-                 total: int) -> Trainer:
-        """A trainer around one given optimizer of the whole model, for single steps."""
-        self = cls.__new__(cls)
-        self.model, self.net, self.noise = getattr(net, "_orig_mod", net), net, noise
-        self.step, self.total, self._optimizers, self._factor = step, total, {"model": opt}, 1.0
+                 total: int, x: torch.Tensor) -> Trainer:
+        """A trainer around one given optimizer of the whole model, for single steps on the
+        minibatch x (its fresh batches are drawn from x itself, seed 0)."""
+        model = getattr(net, "_orig_mod", net)
+        streams = Streams(noise, noise, noise, torch.Generator().manual_seed(0))
+        self = cls(model, net, opt.param_groups[0]["lr"], streams, x, len(x), False, total)
+        self.step, self._optimizers["model"] = step, opt
         return self
 
     def parameters(self, part: str) -> list:
@@ -151,7 +154,7 @@ def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise)
     """One step of the variant's procedure with the given optimizer of the whole model:
     (loss, terms), or None if the loss was not finite. The benchmarks time this; ``fit`` runs
     the same ``Variant.train_step``."""
-    return variant.train_step(Trainer.for_step(net, opt, noise, step, total), x)
+    return variant.train_step(Trainer.for_step(net, opt, noise, step, total, x), x)
 
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,

@@ -24,7 +24,7 @@ def x():
 @pytest.mark.parametrize("name", list(variants.REGISTRY))
 def test_train_step_ours(benchmark, name, x):
     v = variants.create(name)
-    model = VAE(D, v.latent(Z), hidden=HIDDEN)
+    model = VAE.for_variant(v, D, Z, hidden=HIDDEN)
     opt = make_optimizer(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     benchmark.group = "train step, batch 100, 784-200-200-50"

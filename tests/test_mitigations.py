@@ -26,8 +26,7 @@ TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidde
 
 def model_of(name, latent=32, **hp):
     v = variants.create(name, **hp)
-    lat = v.latent(latent)
-    return v, VAE(64, lat, hidden=(32,), head=v.posterior_head(lat), **v.decoder_options())
+    return v, VAE.for_variant(v, 64, latent, hidden=(32,))
 
 
 # ---- BN-VAE ---------------------------------------------------------------------------------

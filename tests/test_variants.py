@@ -45,9 +45,7 @@ def stable(metrics):
 @pytest.mark.parametrize("name, decoder", EVERY)
 def model_for(v, decoder="mlp", d=64, latent=8):
     """The model of variant v as the runner builds it: its latent, head and decoder options."""
-    lat = v.latent(latent)
-    return VAE(d, lat, hidden=(32,), head=v.posterior_head(lat),
-               **{**DECODERS[decoder][1], **v.decoder_options()})
+    return VAE.for_variant(v, d, latent, hidden=(32,), **DECODERS[decoder][1])
 
 
 @pytest.mark.parametrize("name, decoder", EVERY)

@@ -112,6 +112,14 @@ class VAE(nn.Module):
         if likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(()))
 
+    @classmethod
+    def for_variant(cls, variant, input_dim: int, latent_dim: int, **kwargs) -> VAE:
+        """The model of ``variant``: its latent family, posterior head and decoder options
+        (``variants.base.Variant``) around the core's encoder and the decoder of ``kwargs``."""
+        latent = variant.latent(latent_dim)
+        kwargs = {**kwargs, **variant.decoder_options()}
+        return cls(input_dim, latent, head=variant.posterior_head(latent), **kwargs)
+
     def posterior_params(self, x: Tensor, **options) -> Tensor:
         """The parameters of q(z|x): the encoder's outputs, through the variant's head if any."""
         params = self.encoder(x)

@@ -39,9 +39,11 @@ class DiversityUncertainty(nn.Module):
         scale = self.gamma * self.weight / self.weight.pow(2).mean().sqrt()
         mu = F.batch_norm(mu, self.running_mean, self.running_var, scale, self.bias,
                           self.training, 0.1, 1e-5)
-        if annealed is not None and self.training:
+        if annealed is None:  # evaluation, or no annealing: whatever training reached
+            annealed = bool(self.annealed)
+        elif self.training:
             self.annealed.fill_(annealed)
-        if annealed if annealed is not None else bool(self.annealed):
+        if annealed:
             var = F.dropout(torch.exp(logvar), self.p, self.training)
             logvar = torch.log(FLOOR + var)
         return torch.cat([mu, logvar], dim=-1)
