@@ -49,6 +49,10 @@ class ModelConfig:
     pixelcnn_channels: int = fld(16, "pixelcnn: channels per stack", low=1)
     pixelcnn_kernel: int = fld(3, "pixelcnn: kernel size k (odd); receptive field grows by k//2 "
                                "per layer", low=1)
+    init: str = fld("default", "weight initialization: default (torch's nn.Linear) or glorot "
+                    "(Burda et al. 2016's code: Glorot-uniform weights, zero biases, the decoder's "
+                    "output bias the logit of the training split's mean pixel, clipped to "
+                    "[0.001, 0.999]; mlp decoder)", choices=("default", "glorot"))
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,17 @@ class TrainConfig:
         "the same seed, data and decoder config trained this many epochs (0: from scratch)", low=0)
     validation_size: int = fld(-1, "points held out of the training split for the per-epoch "
                                "diagnostics, never trained on (-1: the dataset decides)", low=-1)
+    lr_schedule: str = fld("constant", "constant: train.lr throughout; burda: Burda et al. "
+                           "2016's stages, stage i = 0..7 runs 3^i epochs at train.lr x 10^(-i/7) "
+                           "(3280 epochs in all; the last stage's lr after them)",
+                           choices=("constant", "burda"))
+    adam_beta1: float = fld(0.9, "Adam beta1 (Burda et al.'s paper: 0.9; their code: 0.99)",
+                            low=0.0, high=0.999999)
+    adam_beta2: float = fld(0.999, "Adam beta2", low=0.0, high=0.999999)
+    adam_eps: float = fld(1e-8, "Adam epsilon (Burda et al.: 1e-4)", low=0.0, low_open=True)
+    checkpoint_every: int = fld(0, "write a resumable checkpoint every N epochs beside the run "
+                                "(0: none); a rerun of the config resumes from the last one. Not "
+                                "part of the run id: resuming is exact", low=0)
     train_points: int = fld(0, "train on the first N points of the training split left after "
                             "the validation hold-out (0: all of them): a CPU-budget knob", low=0)
     compile: bool = fld(False, "fast mode: torch.compile the model's training forward and backward "
@@ -232,7 +247,11 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
 
 #: fields added after runs were recorded: part of a run's identity only when not at the default
-HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"))
+HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train", "lr_schedule"),
+                        ("train", "adam_beta1"), ("train", "adam_beta2"), ("train", "adam_eps"),
+                        ("model", "init"))
+#: fields that never change a run's numbers: never part of its id
+NOT_HASHED = (("train", "checkpoint_every"),)
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -241,6 +260,8 @@ def run_id(cfg: RunConfig) -> str:
     for section, key in HASHED_ONLY_WHEN_SET:  # added later: existing run ids stay valid
         if d[section][key] == getattr(getattr(RunConfig(), section), key):
             del d[section][key]
+    for section, key in NOT_HASHED:
+        del d[section][key]
     for key, param in _variant_params(cfg.variant).items():  # the same for variant parameters
         if param.late and d["hparams"].get(key) == param.default:
             del d["hparams"][key]

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import re
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from .config import SUITE_VERSION, RunConfig, from_dict, pretrain_config, resolv
 from .metrics import evaluate, validation_diagnostics
 from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
-from .train import fit
+from .train import Checkpoints, fit
 
 
 def check_device(device: str) -> torch.device:
@@ -57,10 +58,32 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
                                 decoder_hidden=m.decoder_hidden, activation=m.activation,
                                 likelihood=dataset.likelihood, decoder=m.decoder,
                                 **decoder_options(cfg, dataset))
+        if m.init == "glorot":
+            glorot_init(model, dataset)
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
     if pretrained_decoder is not None:
         model.decoder.load_pretrained(pretrained_decoder)
     return model, variant
+
+
+def glorot_init(model: VAE, dataset: data_mod.Dataset) -> None:
+    """Burda et al. 2016's initialization (their code): every linear layer Glorot-uniform
+    (Glorot & Bengio 2010) with zero bias; the decoder's output bias the logit of the training
+    split's mean pixel, clipped to [0.001, 0.999], so the untrained model already predicts the
+    marginal pixel frequencies."""
+    out = getattr(model.decoder, "body", model.decoder)
+    if not isinstance(out, (list, torch.nn.Sequential)) or dataset.likelihood != "bernoulli":
+        raise ConfigError("model.init=glorot is defined for binary pixels and the mlp decoder; "
+                          "allowed: model.init=default otherwise")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        mean = dataset.train.double().mean(0).clamp(0.001, 0.999)
+        out[-1].bias.copy_(torch.log(mean / (1 - mean)))
 
 
 def pretrained_decoder(cfg: RunConfig, out: Path, data_dir: str | None) -> tuple[str, dict] | None:
@@ -129,6 +152,7 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
         def epoch_end(epoch: int) -> dict:
             return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
 
+    checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every)
     # what draws from torch's global generator in training (dropout) draws from the seed's own
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive(cfg.seed, "global"))
@@ -136,7 +160,10 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
                      epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                      streams=Streams.from_seed(cfg.seed, device),
                      dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
-                     compile=cfg.train.compile, epoch_end=epoch_end)
+                     compile=cfg.train.compile, epoch_end=epoch_end,
+                     lr_schedule=cfg.train.lr_schedule, checkpoints=checkpoints,
+                     adam={"betas": (cfg.train.adam_beta1, cfg.train.adam_beta2),
+                           "eps": cfg.train.adam_eps})
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
                "pretrained_decoder": pre[0] if pre else None,
@@ -155,8 +182,17 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     env = environment(cfg.device, deterministic, dataset.digests)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     pics = previews(model, dataset, cfg) if result.status == "ok" else None
-    return write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,
+    path = write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,
                      env=env, state_dict=state, previews=pics)
+    checkpoints.clear()  # a finished run keeps only its final weights
+    return path
+
+
+def checkpoint_dir(target: Path) -> Path:
+    """Where a run's mid-run checkpoints live: beside its directory, in the results' hidden
+    ``.checkpoints`` folder (the ``.NAME.*`` folders of a run are its writers' temporaries,
+    removed as orphans when a run starts)."""
+    return target.parent / ".checkpoints" / target.name
 
 
 @torch.no_grad()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +30,8 @@ class FitResult:
     steps: int = 0
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015) in its fused form: one kernel per parameter instead of a dozen
     elementwise ops, on every device this torch build has it for (CPU and CUDA since torch 2.4).
     The same update rule; on the 2-core CI kind its step over the default 2x200 model's 425k
@@ -34,9 +39,30 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     training step. Falls back to the default implementation where fused is not available."""
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
+
+
+#: Burda et al. 2016, section 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7)
+BURDA_STAGES = 8
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage of 1-based ``epoch`` (epochs past the 3280 of the schedule stay in the last)."""
+    end = 0
+    for i in range(BURDA_STAGES):
+        end += 3**i
+        if epoch <= end:
+            return i
+    return BURDA_STAGES - 1
+
+
+def epoch_lr(schedule: str, base: float, epoch: int) -> float:
+    """The learning rate of ``epoch`` under ``schedule`` (``train.lr_schedule``)."""
+    if schedule == "burda":
+        return base * 10.0 ** (-burda_stage(epoch) / 7)
+    return base
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,8 +92,8 @@ class Trainer:
     """
 
     def __init__(self, model, net, lr: float, streams, train_x: torch.Tensor, batch_size: int,
-                 dynamic_binarization: bool, total: int):
-        self.model, self.net, self.lr = model, net, lr
+                 dynamic_binarization: bool, total: int, adam: dict | None = None):
+        self.model, self.net, self.lr, self.adam = model, net, lr, adam or {}
         self.streams, self.noise = streams, streams.noise
         self.train_x, self.batch_size = train_x, batch_size
         self.dynamic_binarization = dynamic_binarization
@@ -98,15 +124,22 @@ class Trainer:
 
     def optimizer(self, part: str = "model") -> torch.optim.Optimizer:
         if part not in self._optimizers:
-            self._optimizers[part] = make_optimizer(self.parameters(part), self.lr * self._factor)
+            self._optimizers[part] = make_optimizer(self.parameters(part), self.lr * self._factor,
+                                                    **self.adam)
         return self._optimizers[part]
 
-    def set_lr_factor(self, factor: float) -> None:
-        if factor != self._factor:
-            self._factor = factor
+    def set_lr(self, base: float | None = None, factor: float | None = None) -> None:
+        """The learning rate is base (the schedule's, per epoch) x factor (the variant's)."""
+        base = self.lr if base is None else base
+        factor = self._factor if factor is None else factor
+        if (base, factor) != (self.lr, self._factor):
+            self.lr, self._factor = base, factor
             for opt in self._optimizers.values():
                 for group in opt.param_groups:
-                    group["lr"] = self.lr * factor
+                    group["lr"] = base * factor
+
+    def set_lr_factor(self, factor: float) -> None:
+        self.set_lr(factor=factor)
 
     def update(self, loss: torch.Tensor, *parts: str, clip: float = 0.0) -> bool:
         """One optimizer step of ``parts`` (default: the model) on ``loss``; only their gradients
@@ -159,27 +192,35 @@ def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise)
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
         streams, dynamic_binarization: bool, progress: bool = False,
-        compile: bool = False, epoch_end=None) -> FitResult:
+        compile: bool = False, epoch_end=None, lr_schedule: str = "constant",
+        adam: dict | None = None, checkpoints: Checkpoints | None = None) -> FitResult:
     """Adam on the variant's loss. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
     the whole training split from ``streams.binarize`` (dynamic binarization). ``epoch_end(epoch)``
     (the validation diagnostics) returns columns for the epoch's history row; its time is kept
-    apart from the training time.
+    apart from the training time. The learning rate of each epoch follows ``lr_schedule``
+    (``epoch_lr``) and is recorded in the row. With ``checkpoints``, training resumes from the
+    latest readable checkpoint and writes one every ``checkpoints.every`` epochs.
     """
     net = compile_model(model) if compile else model
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
     total = epochs * per_epoch
-    trainer = Trainer(model, net, lr, streams, train_x, batch_size, dynamic_binarization, total)
+    trainer = Trainer(model, net, lr, streams, train_x, batch_size, dynamic_binarization, total,
+                      adam)
     trainer.optimizer()  # the model's optimizer exists from the start, as before
     trainer.remember_initial()
-    result, step = FitResult(), 0
-    bar = tqdm(total=total, disable=not progress, unit="step", leave=False)
-    start = time.perf_counter()
+    result, step, first, before = FitResult(), 0, 1, 0.0
+    state = checkpoints.latest() if checkpoints is not None else None
+    if state is not None:
+        first, step, before = restore(state, trainer, variant, streams, result)
+    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", leave=False)
+    start = time.perf_counter() - before
     model.train()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         trainer.epoch = epoch
+        trainer.set_lr(base=epoch_lr(lr_schedule, lr, epoch))
         order = torch.randperm(n, generator=streams.data).to(train_x.device)
         x_all = binarize(train_x.cpu(), streams.binarize).to(train_x.device) \
             if dynamic_binarization else train_x
@@ -207,7 +248,7 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
         loss_m, nelbo_m, kl_m = (sums / n).tolist()
         elapsed = time.perf_counter() - start - result.diagnostics_seconds
         row = {"epoch": epoch, "step": step, "loss": loss_m, "neg_elbo": nelbo_m, "kl": kl_m,
-               "seconds": elapsed}
+               "lr": trainer.lr, "seconds": elapsed}
         if epoch_end is not None:
             tic = time.perf_counter()
             row.update(epoch_end(epoch))
@@ -217,7 +258,89 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
         row.update(variant.epoch_end(trainer, row))
         result.history.append(row)
         bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
+        if checkpoints is not None and checkpoints.every and epoch % checkpoints.every == 0 \
+                and epoch < epochs:
+            checkpoints.save(epoch, snapshot(epoch, step, trainer, variant, streams, result,
+                                             time.perf_counter() - start))
     bar.close()
     result.train_seconds = time.perf_counter() - start - result.diagnostics_seconds
     result.steps = step
     return result
+
+
+# ---- mid-run checkpoints ----------------------------------------------------------------------
+def snapshot(epoch: int, step: int, trainer: Trainer, variant, streams, result: FitResult,
+             seconds: float) -> dict:
+    """Everything training needs to go on exactly as if never stopped: weights, every optimizer,
+    every random stream (the run's named ones and torch's global one), the history so far, the
+    variant's state and the weights the run started from. Tensors, numbers, strings, lists
+    and dicts only, so it loads with ``weights_only=True``."""
+    rng = {name: getattr(streams, name).get_state() for name in vars(streams)}
+    rng["global"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"epoch": epoch, "step": step, "model": trainer.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in trainer._optimizers.items()},
+            "lr": trainer.lr, "factor": trainer._factor, "initial": trainer._initial,
+            "rng": rng, "history": result.history, "variant": variant.state(),
+            "seconds": seconds, "diagnostics_seconds": result.diagnostics_seconds}
+
+
+def restore(state: dict, trainer: Trainer, variant, streams, result: FitResult):
+    """Load a ``snapshot``; returns (first epoch to train, step, seconds trained before)."""
+    trainer.model.load_state_dict(state["model"])
+    trainer._initial = state["initial"]
+    trainer._optimizers.clear()
+    trainer.lr, trainer._factor = state["lr"], state["factor"]
+    for part, sd in state["optimizers"].items():
+        trainer.optimizer(part).load_state_dict(sd)
+    for name, st in state["rng"].items():
+        if name == "global":
+            torch.set_rng_state(st)
+        elif name == "cuda":
+            torch.cuda.set_rng_state_all(st)
+        else:
+            getattr(streams, name).set_state(st)
+    variant.load_state(state["variant"])
+    result.history = list(state["history"])
+    result.diagnostics_seconds = state["diagnostics_seconds"]
+    return state["epoch"] + 1, state["step"], state["seconds"]
+
+
+class Checkpoints:
+    """Checkpoints of one run in their own folder beside it, ``epoch-NNNNNN.pt``, each written
+    to a temporary file and renamed into place (atomic); the latest two are kept. ``latest()``
+    returns the newest one that loads (``weights_only=True``); one that does not is reported on
+    stderr, in one line, and the one before it is tried, then a start from zero: never a
+    silent resume from garbage."""
+
+    def __init__(self, folder, every: int, keep: int = 2):
+        self.folder, self.every, self.keep = Path(folder), every, keep
+
+    def files(self) -> list:
+        return sorted(self.folder.glob("epoch-*.pt")) if self.folder.is_dir() else []
+
+    def latest(self) -> dict | None:
+        for path in reversed(self.files()):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated, corrupt, or not a checkpoint
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                print(f"vae-bench: checkpoint {path} is unreadable ({first[:120]}); "
+                      "using the one before it, or starting from zero", file=sys.stderr)
+        return None
+
+    def save(self, epoch: int, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"epoch-{epoch:06d}.pt"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in self.files()[:-self.keep]:
+            old.unlink()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

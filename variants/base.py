@@ -162,6 +162,21 @@ class Variant:
         returns extra history columns."""
         return {}
 
+    def state(self) -> dict:
+        """What the variant has learned about its run so far (aggressive mode and its rule,
+        a phase boundary), for mid-run checkpoints: its attributes other than the
+        hyperparameters, an attribute object as the dict of its own attributes."""
+        return {k: dict(vars(v)) if hasattr(v, "__dict__") else v
+                for k, v in vars(self).items() if k != "hp"}
+
+    def load_state(self, state: dict) -> None:
+        for k, v in state.items():
+            own = getattr(self, k, None)
+            if hasattr(own, "__dict__") and isinstance(v, dict):
+                vars(own).update(v)
+            else:
+                setattr(self, k, v)
+
     # ---- assembled once -----------------------------------------------------------------------
     def loss(self, model, x: Tensor, step: int, total_steps: int, generator=None):
         """The training loss of one minibatch and the terms it came from."""

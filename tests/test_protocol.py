@@ -1,0 +1,193 @@
+"""Faithful protocols (learning-rate stages, Adam constants, Glorot initialization) and mid-run
+checkpoints that resume exactly."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.config import RunConfig, apply_overrides, resolve
+from bench.runner import build_model, checkpoint_dir, execute, load_dataset, run_name
+from bench.train import Checkpoints, burda_stage, epoch_lr
+
+ROOT = Path(__file__).parents[1]
+TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "32", "model.latent_dim": 8,
+        "eval.is_samples": 20}
+VOLATILE = {"train_seconds", "train_samples_per_s", "eval_seconds", "diagnostics_seconds"}
+
+
+def test_burda_schedule_at_its_stage_boundaries():
+    ends = [1, 4, 13, 40, 121, 364, 1093, 3280]  # cumulative 3^0 + ... + 3^i
+    assert sum(3**i for i in range(8)) == 3280
+    for i, end in enumerate(ends):
+        assert burda_stage(end) == i
+        assert burda_stage(end + 1) == min(i + 1, 7)
+        assert epoch_lr("burda", 1e-3, end) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-12)
+    assert epoch_lr("burda", 1e-3, 3280) == pytest.approx(1e-4)  # 10^(-7/7)
+    assert epoch_lr("constant", 1e-3, 500) == 1e-3
+
+
+def test_the_schedule_reaches_the_optimizer_and_the_history(tmp_path):
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": 5, "train.lr_schedule": "burda",
+                                        "train.adam_eps": 1e-4, "train.adam_beta1": 0.99})
+    path = execute(cfg, tmp_path)
+    rows = [line.split(",") for line in (path / "history.csv").read_text().splitlines()]
+    lrs = [float(r[rows[0].index("lr")]) for r in rows[1:]]
+    stages = [0, 1, 1, 1, 2]
+    assert lrs == pytest.approx([1e-3 * 10 ** (-i / 7) for i in stages], rel=1e-12)
+    cfg_json = json.loads((path / "config.json").read_text())
+    assert cfg_json["train"]["adam_eps"] == 1e-4 and cfg_json["train"]["adam_beta1"] == 0.99
+
+
+def test_adam_constants_reach_the_optimizer():
+    from bench.seeding import Streams
+    from bench.train import Trainer
+    from variants.core import VAE
+    from variants.latents import GaussianLatent
+
+    model = VAE(16, GaussianLatent(2), hidden=(4,))
+    trainer = Trainer(model, model, 1e-3, Streams.from_seed(0), torch.zeros(8, 16), 4, True, 10,
+                      adam={"betas": (0.99, 0.999), "eps": 1e-4})
+    group = trainer.optimizer("encoder").param_groups[0]
+    assert group["betas"] == (0.99, 0.999) and group["eps"] == 1e-4
+
+
+def test_glorot_initialization_bounds_and_output_bias():
+    cfg = resolve(apply_overrides(RunConfig(), {**TINY, "model.init": "glorot"}))
+    dataset = load_dataset(cfg, None)
+    model, _ = build_model(cfg, dataset)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+    for lin in linears:
+        fan_out, fan_in = lin.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert lin.weight.abs().max() <= bound
+        assert lin.weight.abs().max() > 0.8 * bound  # uniform over the whole range
+        assert lin.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.25)
+    for lin in linears[:-1]:
+        assert torch.all(lin.bias == 0)
+    mean = dataset.train.double().mean(0).clamp(0.001, 0.999)
+    torch.testing.assert_close(linears[-1].bias, torch.log(mean / (1 - mean)))
+    assert dataset.train.mean(0).min() == 0  # digits has always-off pixels: the clip matters
+    bad = resolve(apply_overrides(RunConfig(), {**TINY, "model.init": "glorot",
+                                                "model.decoder": "made",
+                                                "model.decoder_hidden": "16"}))
+    with pytest.raises(Exception, match="model.init=glorot is defined"):
+        build_model(bad, dataset)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+#: aggressive, so the variant's own state (its mode and its switch-off rule) must resume too
+KILLED = [*(f"{k}={v}" for k, v in TINY.items()), "train.epochs=24", "patience=2",
+          "max_inner=30"]
+
+
+def cli_run(out: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "bench.cli", "run", "--variant", "aggressive", "--out", str(out)]
+    for s in [*KILLED, *extra]:
+        args += ["--set", s]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def record(path: Path) -> tuple[dict, list]:
+    metrics = {k: v for k, v in json.loads((path / "metrics.json").read_text()).items()
+               if k not in VOLATILE}
+    lines = (path / "history.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, h in enumerate(header) if h not in ("seconds", "diagnostics_seconds")]
+    return metrics, [[row.split(",")[i] for i in keep] for row in lines]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_to_identical_metrics(tmp_path):
+    whole = cli_run(tmp_path / "whole")
+    assert whole.wait(300) == 0, whole.stderr.read()
+    done = next((tmp_path / "whole").glob("aggressive-*"))
+
+    killed = cli_run(tmp_path / "killed", "train.checkpoint_every=3")
+    folder = checkpoint_dir(tmp_path / "killed" / done.name)
+    deadline = time.time() + 300
+    while not list(folder.glob("epoch-*.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere after the first checkpoint, mid-run
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / done.name / "metrics.json").exists(), "finished too soon"
+    saved = sorted(int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt"))
+    assert saved and saved[-1] < 24
+
+    # the newest checkpoint truncated: reported, not used; the rerun still ends identical
+    newest = sorted(folder.glob("epoch-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    rerun = cli_run(tmp_path / "killed", "train.checkpoint_every=3")
+    assert rerun.wait(300) == 0
+    err = rerun.stderr.read()
+    assert "is unreadable" in err and newest.name in err
+    resumed = tmp_path / "killed" / done.name
+    assert record(resumed) == record(done)
+    assert not folder.exists()  # a finished run keeps only its final weights
+    assert json.loads((resumed / "config.json").read_text())["train"]["checkpoint_every"] == 3
+
+
+def test_checkpoints_resume_exactly_in_process(tmp_path):
+    """The same, without processes: a run stopped after its checkpoint at epoch 4 of 6 (its
+    folder kept), resumed, equals the uninterrupted run."""
+    over = {**TINY, "train.epochs": 6, "variant": "pretrained-encoder", "ae_epochs": 2,
+            "train.lr_schedule": "burda"}
+    whole = execute(apply_overrides(RunConfig(), over), tmp_path / "whole")
+    cfg = resolve(apply_overrides(RunConfig(), {**over, "train.checkpoint_every": 2}))
+    target = tmp_path / "part" / run_name(cfg)
+    # the 6-epoch run, stopped by an exception right after its checkpoint at epoch 4
+    from bench import runner
+
+    real_fit = runner.fit
+
+    def fit_until_4(*args, **kwargs):
+        ckpt = kwargs["checkpoints"]
+
+        class Stop(Exception):
+            pass
+
+        save = ckpt.save
+
+        def save_then_stop(epoch, state):
+            save(epoch, state)
+            if epoch == 4:
+                raise Stop
+
+        ckpt.save = save_then_stop
+        try:
+            return real_fit(*args, **kwargs)
+        except Stop:
+            raise KeyboardInterrupt from None
+
+    runner.fit = fit_until_4
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute(cfg, tmp_path / "part")
+    finally:
+        runner.fit = real_fit
+    assert Checkpoints(checkpoint_dir(target), 2).latest()["epoch"] == 4
+    from bench import train
+
+    firsts, real_restore = [], train.restore
+    def spy(*args):
+        out = real_restore(*args)
+        firsts.append(out[0])
+        return out
+
+    train.restore = spy
+    try:
+        resumed = execute(cfg, tmp_path / "part")
+    finally:
+        train.restore = real_restore
+    assert firsts == [5]  # it went on from epoch 5: a restart from zero would also match
+    assert record(resumed) == record(whole)
