@@ -1,9 +1,20 @@
-"""The plain Gaussian VAE (Kingma & Welling 2014): every hook at its neutral default."""
+"""The plain Gaussian VAE (Kingma & Welling 2014): every hook at its neutral default.
+
+``samples = k`` averages the ELBO over k samples of z per point in training (Burda et al. 2016's
+"VAE" rows with k > 1, against which IWAE with the same k is compared); 1 is the default.
+"""
 
 from . import register
-from .base import Variant
+from .base import Param, Variant
 
 
 @register("vae")
 class VAE(Variant):
     """Negative ELBO with the analytic KL; the reference all other variants reduce to."""
+
+    params = {"samples": Param(1, "samples of z per point in training (the k-sample ELBO)",
+                               low=1, late=True)}
+    neutral = {"samples": 1}
+
+    def train_samples(self):
+        return self.hp["samples"]
