@@ -11,7 +11,7 @@ RESULTS ?= results
 PROFILE ?= default
 VB     := $(VENV)/bin/vae-bench
 
-.PHONY: setup test smoke bench bench-check bench-speed throughput report reference lint clean
+.PHONY: setup test smoke bench bench-check bench-speed throughput report reference lint clean fashion-data
 
 setup: $(STAMP)
 
@@ -52,6 +52,17 @@ throughput: setup
 # Regenerate the CI reference (refused unless SUITE_VERSION in bench/config.py was bumped).
 reference: setup
 	$(VB) reference --profile smoke
+
+# Fashion-MNIST offline (the fashion profile): Debian's dataset-fashion-mnist package, fetched
+# with apt-get download (no root) and unpacked into the data directory; the loader verifies the
+# files' checksums. DATA: the data directory ($VAE_BENCH_DATA, else ~/.cache/vae-bench).
+DATA ?= $(if $(VAE_BENCH_DATA),$(VAE_BENCH_DATA),$(HOME)/.cache/vae-bench)
+fashion-data:
+	rm -rf build/fashion-deb && mkdir -p build/fashion-deb "$(DATA)/fashion-mnist"
+	cd build/fashion-deb && apt-get download dataset-fashion-mnist
+	dpkg-deb -x build/fashion-deb/dataset-fashion-mnist_*.deb build/fashion-deb/root
+	cp build/fashion-deb/root/usr/share/datasets/fashion-mnist/*-ubyte.gz "$(DATA)/fashion-mnist/"
+	rm -rf build/fashion-deb
 
 smoke: setup
 	$(VENV)/bin/vae-bench run --variant vae --dataset digits --seed 0 --epochs 2

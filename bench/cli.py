@@ -60,9 +60,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .suite import load_profile, run_suite
+    from .suite import dry_run, load_profile, run_suite
 
     profile = load_profile(args.profile)
+    if args.dry_run:
+        rows, line = dry_run(profile, Path(args.results))
+        width = max(len(r["label"]) for r in rows)
+        for r in rows:
+            print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}")
+        print(line)
+        return 0
     counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir,
                        backend=args.backend, ray_address=args.ray_address)
     print(json.dumps(counts, sort_keys=True))
@@ -147,11 +154,15 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import LOADERS, available_source, data_dir
+    from .data import LOADERS, DataError, available_source, data_dir
 
     root = data_dir(args.data_dir)
     for name in LOADERS:
-        src = available_source(name, root)
+        try:
+            src = available_source(name, root)
+        except DataError as e:  # what `run` would refuse, said the same way
+            print(f"{name:16s} not usable: {e}")
+            continue
         state = f"available: {src}" if src else "not available offline (download when online)"
         print(f"{name:16s} {state}")
     return 0
@@ -189,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
                    help="local: this machine (default); ray: one Ray task per run")
     s.add_argument("--ray-address", default=None,
                    help="existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the grid (label, seed, status, run) and the estimated cost of what "
+                        "is pending, without training")
     s.set_defaults(func=cmd_suite)
 
     rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")
@@ -227,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_variants)
     sub.add_parser("datasets", help="list datasets and where they load from").set_defaults(
         func=cmd_datasets)
+    for command in sub.choices.values():  # accepted after the subcommand too
+        command.add_argument("--data-dir", default=argparse.SUPPRESS,
+                             help="data directory (also accepted before the subcommand)")
     return p
 
 

@@ -113,16 +113,21 @@ def _idx_dir(directory: Path) -> Callable[[], Arrays | None]:
     def find(stem: str) -> Path | None:
         return next((p for p in (directory / stem, directory / f"{stem}.gz") if p.exists()), None)
 
-    def load() -> Arrays | None:
+    def check() -> dict[str, Path] | None:
+        """The four files' paths; None when none is there; DataError when some are missing."""
         paths = {k: find(stem) for k, stem in IDX_FILES.items()}
         if not any(paths.values()):
             return None
         missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
         if missing:
             raise DataError(f"{directory}: incomplete IDX set, missing {', '.join(missing)}")
-        return {k: read_idx(p) for k, p in paths.items()}
+        return paths
 
-    load.where = str(directory)
+    def load() -> Arrays | None:
+        paths = check()
+        return None if paths is None else {k: read_idx(p) for k, p in paths.items()}
+
+    load.where, load.check = str(directory), check
     return load
 
 
@@ -170,7 +175,9 @@ def sources(name: str, root: Path) -> list[Callable[[], Arrays | None]]:
 
 
 def available_source(name: str, root: Path) -> str | None:
-    """Where ``name`` would be loaded from, without loading it (None: nowhere offline)."""
+    """Where ``name`` would be loaded from, without loading it (None: nowhere offline); a
+    DataError, in the words ``load`` would use, for an incomplete IDX set that ``load`` would
+    refuse."""
     if name in ("digits", "linear-gaussian"):
         return "bundled with scikit-learn" if name == "digits" else "generated"
     for src in sources(name, root)[:-1]:
@@ -182,7 +189,7 @@ def available_source(name: str, root: Path) -> str | None:
                 return src.where
             except ImportError:
                 continue
-        if where.is_dir() and any(where.glob("*-ubyte*")):
+        if src.check() is not None:
             return str(where)
     return None
 

@@ -15,6 +15,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
+from variants.base import ConfigError
+
 from .config import SUITE_VERSION
 from .data import TEST_BINARIZATION_SEED
 from .metrics import METRICS
@@ -413,9 +415,25 @@ def _environment(profile: Profile, summary: pd.DataFrame, results: Path) -> dict
     if ok.empty:
         return {}
     _, config, _, env = _load_run(runs_dir(results, profile) / ok["run"].iloc[0])
-    commits = sorted({_load_run(runs_dir(results, profile) / r)[3].get("git_commit") or "?"
-                      for r in ok["run"]})
-    return {"config": config, "env": env, "commits": commits}
+    envs = [_load_run(runs_dir(results, profile) / r)[3] for r in ok["run"]]
+    commits = sorted({e.get("git_commit") or "?" for e in envs})
+    dirty = sum(bool(e.get("git_dirty")) for e in envs)
+    return {"config": config, "env": env, "commits": commits, "dirty": dirty}
+
+
+def _machine(env: dict) -> str:
+    """The CPU model and math libraries, where the runs recorded them."""
+    if not env.get("cpu_model"):
+        return ""
+    libs = ", ".join(x for x in (f"torch BLAS {env.get('torch_blas')}",
+                                 *env.get("torch_parallel", []),
+                                 f"numpy BLAS {env.get('numpy_blas')}") if x)
+    return f" ({env['cpu_model']}; {libs})"
+
+
+def _dirty(info: dict) -> str:
+    n = info.get("dirty", 0)
+    return f" ({n} runs from a checkout with uncommitted changes)" if n else ""
 
 
 def _decoder_text(profile: Profile, model: dict) -> str:
@@ -512,8 +530,9 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         f"- budget: {profile.budget}; measured compute (train + eval, summed over runs): "
         f"{wall / 60:.1f} min",
         f"- environment: Python {env.get('python')}, torch {env.get('torch')}, numpy "
-        f"{env.get('numpy')}, {env.get('cpu_capability')} CPU, {env.get('threads')} threads, "
-        f"device {env.get('device')}; commits {', '.join(c[:10] for c in info.get('commits', []))}",
+        f"{env.get('numpy')}, {env.get('cpu_capability')} CPU{_machine(env)}, "
+        f"{env.get('threads')} threads, device {env.get('device')}; commits "
+        f"{', '.join(c[:10] for c in info.get('commits', []))}{_dirty(info)}",
         *_group_lines(profile),
         "",
         "## Main table (mean ± sd over seeds; ↑ higher is better, ↓ lower is better)",
@@ -543,6 +562,11 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
 
 def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
     summary = summarize(profile, results)
+    if (summary["status"] == "missing").all():
+        raise ConfigError(f"no runs of profile {profile.name!r} under "
+                          f"{runs_dir(results, profile)}; run them first: vae-bench suite "
+                          f"--profile {profile.name} --results {results} (or make bench "
+                          f"PROFILE={profile.name})")
     reports.mkdir(parents=True, exist_ok=True)
     summary_path = Path(results) / profile.name / "summary.csv"
     summary.to_csv(summary_path, index=False, float_format="%.10g")

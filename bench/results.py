@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,44 @@ import numpy as np
 import torch
 
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "env.json", "model.pt")
+
+
+def git_dirty() -> bool | None:
+    """Whether the tracked files of this checkout differ from its commit (None: no git)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out)
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def math_libraries() -> dict:
+    """The BLAS and threading libraries behind the numbers: torch's BLAS (from its build
+    configuration), its parallel backend and MKL/OpenMP versions, and numpy's BLAS."""
+    show = torch.__config__.show()
+    found = re.search(r"BLAS_INFO=(\w+)", show)
+    blas = found.group(1) if found else None
+    parallel = [line.strip() for line in torch.__config__.parallel_info().splitlines()
+                if "OpenMP" in line or "Math Kernel" in line or "backend" in line]
+    try:
+        numpy_blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        numpy_blas = f"{numpy_blas.get('name')} {numpy_blas.get('version')}"
+    except Exception:  # the layout of numpy's build information is not an API
+        numpy_blas = None
+    return {"torch_blas": blas, "torch_parallel": parallel, "numpy_blas": numpy_blas}
 
 
 def environment(device: str, deterministic: dict, digests: dict) -> dict:
@@ -45,6 +84,8 @@ def environment(device: str, deterministic: dict, digests: dict) -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        **math_libraries(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": device,

@@ -152,6 +152,8 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
         def epoch_end(epoch: int) -> dict:
             return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
 
+    # the environment as the run starts: the code that trains is the code checked out now
+    env = environment(cfg.device, deterministic, dataset.digests)
     checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every)
     # what draws from torch's global generator in training (dropout) draws from the seed's own
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -179,7 +181,6 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     else:
         metrics["last_finite"] = result.last_finite
         metrics["last_finite_epoch"] = result.history[-1] if result.history else None
-    env = environment(cfg.device, deterministic, dataset.digests)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     pics = previews(model, dataset, cfg) if result.status == "ok" else None
     path = write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,

@@ -16,6 +16,7 @@ interrupted suite continues where it stopped. Records are renamed into place who
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from variants.base import ConfigError
 
 from .config import RunConfig, apply_overrides, pretrain_config, resolve, to_dict
-from .results import ensure_writable, environment, read_json, write_run
+from .results import ensure_writable, environment, git_dirty, read_json, write_run
 
 PROFILES = Path(__file__).parent / "profiles"
 RESERVED = {"label", "variant"}
@@ -237,6 +238,36 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
         yield ray.get(done[0])
 
 
+def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
+    """What ``run_suite`` would do, without training: one row per grid point (label, seed, run
+    name, ``done`` / ``pending`` / ``resumable`` when a mid-run checkpoint exists), and a line
+    estimating the pending runs' cost from the finished runs of the same configuration
+    (training + evaluation seconds, mean over their seeds)."""
+    from .runner import checkpoint_dir, run_name
+
+    out = runs_dir(results, profile)
+    rows, seconds = [], {}
+    for label, cfg in grid(profile):
+        path = out / run_name(cfg)
+        metrics = path / "metrics.json"
+        if metrics.exists():
+            status = "done"
+            m = json.loads(metrics.read_text())
+            seconds.setdefault(label, []).append(m.get("train_seconds", 0) +
+                                                 (m.get("eval_seconds") or 0))
+        else:
+            status = "resumable" if any(checkpoint_dir(path).glob("epoch-*.pt")) else "pending"
+        rows.append({"label": label, "seed": cfg.seed, "run": path.name, "status": status})
+    todo = [r for r in rows if r["status"] != "done"]
+    known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
+             if r["label"] in seconds]
+    line = (f"{len(rows)} runs: {len(rows) - len(todo)} done, {len(todo)} to run; estimated "
+            f"{sum(known) / 60:.1f} min for the {len(known)} of them whose configuration has a "
+            f"finished seed" + (f", no estimate for {len(todo) - len(known)}"
+                                if len(todo) > len(known) else ""))
+    return rows, line
+
+
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
               progress: bool | None = None, backend: str = "local",
               ray_address: str | None = None) -> dict:
@@ -246,6 +277,10 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
     total, todo = len(grid(profile)), [cfg for _, cfg in pending(profile, results)]
     out = runs_dir(results, profile)
     ensure_writable(out)
+    if todo and git_dirty():
+        print("vae-bench: warning: this checkout has uncommitted changes; its runs record "
+              "git_dirty: true (commit first for results that name the code that made them)",
+              file=sys.stderr)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=not show,
                desc=profile.name)

@@ -70,6 +70,9 @@ def test_same_command_twice_gives_identical_metrics(digits_run, tmp_path):
     (["run", "--epochs", "0"], "allowed: an integer >= 1"),
     (["run", "--k", "0"], "allowed: an integer >= 1"),
     (["evaluate", "/nonexistent"], "is not a run directory"),
+    (["run", "--set", "train.lr=inf"], "train.lr='inf' is invalid; allowed: float > 0"),
+    (["run", "--variant", "beta", "--set", "beta=inf"], "beta: beta='inf' is invalid"),
+    (["run", "--variant", "beta", "--set", "beta=-inf"], "beta: beta='-inf' is invalid"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -88,3 +91,59 @@ def test_variants_and_datasets_listings(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "linear-gaussian" in out
+
+
+def test_report_on_a_results_directory_without_runs_says_how_to_run_them(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["report", "--profile", "default", "--results", str(tmp_path),
+                               "--reports", str(tmp_path / "reports")]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no runs of profile 'default'" in err[0]
+    assert "vae-bench suite --profile default" in err[0]
+    assert not (tmp_path / "reports").exists()
+
+
+def test_data_dir_is_accepted_before_and_after_the_subcommand(capsys, tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(b"")  # an incomplete set
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    after = capsys.readouterr().out
+    assert main(["--data-dir", str(tmp_path), "datasets"]) == 0
+    assert capsys.readouterr().out == after
+    # the listing and a run say the same thing about an incomplete IDX set
+    line = next(x for x in after.splitlines() if x.startswith("mnist"))
+    assert "not usable:" in line and "incomplete IDX set, missing train-labels-idx1-ubyte" in line
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                               "--out", str(tmp_path / "runs")]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert line.split("not usable: ", 1)[1] in err
+
+
+def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, tmp_path):
+    from bench.runner import run_name
+    from bench.suite import grid, load_profile, runs_dir
+
+    profile = load_profile("smoke")
+    points = grid(profile)
+    label, cfg = points[0]
+    done = runs_dir(tmp_path, profile) / run_name(cfg)
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"train_seconds": 50.0, "eval_seconds": 10.0}))
+    assert main(["suite", "--profile", "smoke", "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == len(points) + 1
+    assert out[0].split()[-2:] == ["done", run_name(cfg)]
+    assert all(line.split()[-2] == "pending" for line in out[1:-1])
+    same = sum(1 for lab, _ in points if lab == label) - 1  # the other seeds of that config
+    assert out[-1].startswith(f"{len(points)} runs: 1 done, {len(points) - 1} to run; "
+                              f"estimated {same * 60 / 60:.1f} min for the {same} of them")
+    assert sorted(p.name for p in runs_dir(tmp_path, profile).iterdir()) == [done.name]
+
+
+def test_environment_names_the_cpu_and_the_math_libraries(digits_run):
+    env = json.loads((digits_run / "env.json").read_text())
+    assert env["cpu_model"] and env["torch_blas"] and env["numpy_blas"]
+    assert any("OpenMP" in x or "backend" in x for x in env["torch_parallel"])
