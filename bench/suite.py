@@ -218,17 +218,40 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
             yield fut.result()
 
 
+def _ray_token_auth(address: str | None) -> None:
+    """Connect the way Ray documents a cluster: `ray start --head` (Ray 2.60 turns token
+    authentication on for clusters started that way and writes the token to ~/.ray/auth_token)
+    accepts a driver only with RAY_AUTH_MODE=token. So, for an existing cluster, when a token is
+    at hand and the user chose no mode, ask for token authentication."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        return  # a local Ray started by this driver
+    if "RAY_AUTH_MODE" in os.environ:
+        return  # the user's choice
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+            or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
     """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
     writes its own record under ``out``, which must be on storage the workers share; the driver
     only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
     try:
         import ray
     except ImportError:
         raise ConfigError("backend 'ray' needs the ray extra: pip install 'vae-bench[ray]'; "
                           "allowed without it: local") from None
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True, configure_logging=False)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True, configure_logging=False)
+    except ConnectionError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"the Ray cluster refused or did not answer the driver ({first}); a "
+                          "cluster started with `ray start --head` uses token authentication "
+                          "(Ray >= 2.60): set RAY_AUTH_MODE=token and make its token available "
+                          "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); allowed "
+                          "without a cluster: --backend local") from None
     task = ray.remote(run_one)
     refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
                          retry_exceptions=False).remote(cfg, str(out.resolve()), data_dir, 1)

@@ -165,3 +165,39 @@ def test_ray_backend_matches_the_local_backend(tmp_path, uninterrupted):
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["ok"] == 6
     assert frame(profile, tmp_path / "results").equals(uninterrupted)
+
+
+@pytest.mark.slow
+def test_ray_cluster_started_as_ray_documents_it(tmp_path, uninterrupted):
+    """`ray start --head` on loopback (Ray >= 2.60 turns token authentication on for it), then
+    `suite --backend ray --ray-address HOST:PORT` with no RAY_AUTH_MODE set: the suite runs and
+    matches the local backend. A driver that insists on no authentication is refused, in one
+    line that says what to set."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = 6400 + os.getpid() % 500
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    start = subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    try:
+        assert start.returncode == 0, start.stderr[-2000:]
+        path = write_profile(tmp_path, epochs=20)
+        address = f"127.0.0.1:{port}"
+        out = subprocess.run(suite_cmd(path, tmp_path / "results", "--backend", "ray",
+                                       "--ray-address", address),
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout.strip().splitlines()[-1])["ok"] == 6
+        assert frame(load_profile(str(path)), tmp_path / "results").equals(uninterrupted)
+        refused = subprocess.run(suite_cmd(path, tmp_path / "other", "--backend", "ray",
+                                           "--ray-address", address),
+                                 capture_output=True, text=True, timeout=300,
+                                 env={**env, "RAY_AUTH_MODE": "disabled"})
+        assert refused.returncode == 2
+        last = refused.stderr.strip().splitlines()[-1]
+        assert last.startswith("vae-bench: error: the Ray cluster refused") and \
+            "set RAY_AUTH_MODE=token" in last
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env,
+                       timeout=120)
