@@ -28,15 +28,20 @@ import torch
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "env.json", "model.pt")
 
 
-def git_dirty() -> bool | None:
-    """Whether the tracked files of this checkout differ from its commit (None: no git)."""
+def _git(*args: str) -> str | None:
+    """The output of a git command in this checkout (None: no git, or not a checkout)."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                             cwd=Path(__file__).resolve().parent.parent, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(out)
+
+
+def git_dirty() -> bool | None:
+    """Whether the tracked files of this checkout differ from its commit (None: no git)."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out)
 
 
 def cpu_model() -> str:
@@ -67,18 +72,9 @@ def math_libraries() -> dict:
 
 
 def environment(device: str, deterministic: dict, digests: dict) -> dict:
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
     return {
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(git_dirty()),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -16,7 +16,6 @@ interrupted suite continues where it stopped. Records are renamed into place who
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -275,7 +274,7 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
         metrics = path / "metrics.json"
         if metrics.exists():
             status = "done"
-            m = json.loads(metrics.read_text())
+            m = read_json(metrics)
             seconds.setdefault(label, []).append(m.get("train_seconds", 0) +
                                                  (m.get("eval_seconds") or 0))
         else:
