@@ -49,6 +49,10 @@ class ModelConfig:
     pixelcnn_channels: int = fld(16, "pixelcnn: channels per stack", low=1)
     pixelcnn_kernel: int = fld(3, "pixelcnn: kernel size k (odd); receptive field grows by k//2 "
                                "per layer", low=1)
+    latent2_dim: int = fld(0, "a second stochastic layer h2 of this size above z = h1 (Burda et "
+                           "al. 2016 section 5: 50 above 100); 0: one stochastic layer", low=0)
+    latent2_hidden: tuple[int, ...] = widths(
+        (100, 100), "hidden widths of q(h2|h1), mirrored in p(h1|h2) (Burda et al.: 100-100)")
     init: str = fld("default", "weight initialization: default (torch's nn.Linear) or glorot "
                     "(Burda et al. 2016's code: Glorot-uniform weights, zero biases, the decoder's "
                     "output bias the logit of the training split's mean pixel, clipped to "
@@ -209,10 +213,17 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if model.decoder == "made" and not model.decoder_hidden:
         raise ConfigError("model.decoder=made needs hidden layers; allowed: "
                           "model.decoder_hidden=W[,W...]")
+    if model.latent2_hidden != ModelConfig().latent2_hidden and not model.latent2_dim:
+        raise ConfigError("model.latent2_hidden is set but there is no second stochastic layer; "
+                          "allowed: with model.latent2_dim > 0")
+    variant = create_variant(cfg.variant, **cfg.hparams)
+    if model.latent2_dim:
+        from variants.hierarchy import check_two_layers
+
+        check_two_layers(variant, model.latent_dim)
     train = cfg.train
     if train.validation_size < 0:
         train = dataclasses.replace(train, validation_size=VALIDATION_SIZES[cfg.dataset])
-    variant = create_variant(cfg.variant, **cfg.hparams)
     return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
 
 
@@ -226,7 +237,9 @@ def pretrain_config(cfg: RunConfig) -> RunConfig | None:
     if not n:
         return None
     default = ModelConfig()
-    model = dataclasses.replace(cfg.model, hidden=default.hidden, latent_dim=default.latent_dim)
+    model = dataclasses.replace(cfg.model, hidden=default.hidden, latent_dim=default.latent_dim,
+                                latent2_dim=default.latent2_dim,
+                                latent2_hidden=default.latent2_hidden)
     train = dataclasses.replace(cfg.train, epochs=n, decoder_pretrain_epochs=0)
     return resolve(dataclasses.replace(cfg, variant="decoder-only", hparams={}, model=model,
                                        train=train))
@@ -249,7 +262,7 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 #: fields added after runs were recorded: part of a run's identity only when not at the default
 HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train", "lr_schedule"),
                         ("train", "adam_beta1"), ("train", "adam_beta2"), ("train", "adam_eps"),
-                        ("model", "init"))
+                        ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"),)
 

@@ -62,11 +62,18 @@ def encode(model, x: Tensor, batch: int = 2000):
 
 @torch.no_grad()
 def elbo_terms(model, q, x: Tensor, samples: int, gen: torch.Generator) -> dict[str, float]:
-    """-ELBO = recon + KL per point: recon with L samples, KL analytic (never the objective)."""
-    recon = torch.cat([-model.log_likelihood(x[i:i + IS_BLOCK],
-                                             q.slice(i, i + IS_BLOCK).sample(samples, gen)).mean(0)
-                       for i in range(0, len(x), IS_BLOCK)])
-    kl_units = q.kl()
+    """-ELBO = recon + KL per point: recon with L samples, KL analytic (never the objective);
+    where the posterior has no analytic KL (two stochastic layers), estimated per unit from the
+    same L samples (``variants.hierarchy``)."""
+    recon, kls = [], []
+    for i in range(0, len(x), IS_BLOCK):
+        qb = q.slice(i, i + IS_BLOCK)
+        z = qb.sample(samples, gen)
+        recon.append(-model.log_likelihood(x[i:i + IS_BLOCK], z).mean(0))
+        if q.kl_from_samples:
+            kls.append(qb.kl(z))
+    recon = torch.cat(recon)
+    kl_units = torch.cat(kls) if q.kl_from_samples else q.kl()
     kl = kl_units.sum(-1)
     out = {}
     for name, v in (("neg_elbo", recon + kl), ("recon", recon), ("kl", kl)):
@@ -138,23 +145,29 @@ def nll_is_points(model, q, x: Tensor, k: int, seed: int) -> tuple[Tensor, Tenso
     return torch.cat(nll), torch.cat(ess)
 
 
-def active_units(q) -> dict[str, float]:
+def active_units(q, gen: torch.Generator | None = None) -> dict[str, float]:
     """Units whose activity statistic varies over the split: Var_x summed over its classes > delta,
     counted at Burda's delta = 0.01 and at the strict 0.1 (``ACTIVE_THRESHOLD_STRICT``).
 
     For a Gaussian unit the statistic is E_q[z_u|x]; for a categorical variable the vector of its
-    class probabilities (DESIGN.md section 3). Unbiased variance over the whole split.
+    class probabilities (DESIGN.md section 3). Unbiased variance over the whole split. With
+    stochastic layers (``q.layer_units``), also the counts per layer, bottom first, as Burda et
+    al. report them ("layer 1 + layer 2"); ``gen`` serves statistics estimated by sampling.
     """
-    act = q.activity().double()
+    act = q.activity(gen).double()
     var = act.var(dim=0, unbiased=True).sum(-1) if act.shape[1] else act.new_zeros(0)
-    return {"active_units": int((var > ACTIVE_THRESHOLD).sum().item()),
-            "active_units_strict": int((var > ACTIVE_THRESHOLD_STRICT).sum().item()),
-            "unit_variance": var.tolist()}
+    out = {"active_units": int((var > ACTIVE_THRESHOLD).sum().item()),
+           "active_units_strict": int((var > ACTIVE_THRESHOLD_STRICT).sum().item()),
+           "unit_variance": var.tolist()}
+    layers = getattr(q, "layer_units", None)
+    if layers:
+        parts = var.split(list(layers))
+        for key, delta in (("active_units", ACTIVE_THRESHOLD),
+                           ("active_units_strict", ACTIVE_THRESHOLD_STRICT)):
+            out[f"{key}_by_layer"] = [int((v > delta).sum().item()) for v in parts]
+    return out
 
 
-def _double(q):
-    """The posterior q in float64."""
-    return type(q)(*(t.double() for t in vars(q).values()))
 
 
 @torch.no_grad()
@@ -164,7 +177,7 @@ def mutual_info(q, gen: torch.Generator, chunk: int = 256) -> dict[str, float]:
     One z_i ~ q(z|x_i) per point; qbar is pooled over the whole split (not a minibatch, whose
     estimate cannot exceed log(batch size)). Computed in float64.
     """
-    n = len(q.activity())
+    n = len(q)
     terms = []
     for i in range(0, n, chunk):
         qi = q.slice(i, i + chunk)
@@ -188,8 +201,8 @@ def evaluate(model, x: Tensor, is_samples: int = 1000, elbo_samples: int = 1,
     nll, ess = nll_is_points(model, q, x, is_samples, seed)
     out["nll_is"], out["nll_is_se"] = mean_se(nll)
     out["ess"] = ess.mean().item()
-    out.update(active_units(q))
-    out.update(mutual_info(_double(q), generator(seed, "mutual_info", device=x.device)))
+    out.update(active_units(q, generator(seed, "active_units", device=x.device)))
+    out.update(mutual_info(q.double(), generator(seed, "mutual_info", device=x.device)))
     log_px = model.exact_log_marginal(x)
     if log_px is not None:  # the estimator's own error, paired point by point
         out["nll_exact"], out["nll_exact_se"] = mean_se(-log_px)
@@ -207,12 +220,14 @@ def validation_diagnostics(model, x: Tensor, seed: int, epoch: int) -> dict:
     q = encode(model, x)
     gen = generator(seed, "validation", epoch, device=x.device)
     e = elbo_terms(model, q, x, 1, gen)
-    au = active_units(q)
-    mi = mutual_info(_double(q), gen)
+    au = active_units(q, gen)
+    mi = mutual_info(q.double(), gen)
     model.train(was_training)
     return {"val_neg_elbo": e["neg_elbo"], "val_recon": e["recon"], "val_kl": e["kl"],
             "val_mutual_info": mi["mutual_info"], "val_mutual_info_se": mi["mutual_info_se"],
             "val_mutual_info_bound": mi["mutual_info_bound"],
             "val_active_units": au["active_units"],
             "val_active_units_strict": au["active_units_strict"],
-            "val_kl_per_unit": " ".join(f"{v:.4g}" for v in e["kl_per_dim"])}
+            "val_kl_per_unit": " ".join(f"{v:.4g}" for v in e["kl_per_dim"]),
+            **({"val_active_units_by_layer": "+".join(map(str, au["active_units_by_layer"]))}
+               if "active_units_by_layer" in au else {})}

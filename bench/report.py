@@ -60,6 +60,8 @@ def summarize(profile: Profile, results: Path) -> pd.DataFrame:
             continue
         metrics = read_json(path / "metrics.json")
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+        if "active_units_by_layer" in metrics:  # stochastic layers: "layer1+layer2"
+            scalars["active_units_by_layer"] = "+".join(map(str, metrics["active_units_by_layer"]))
         scalars.pop("traceback", None)
         scalars["wall_seconds"] = scalars.get("train_seconds", 0) + scalars.get("eval_seconds", 0)
         rows.append({**row, **scalars})
@@ -100,6 +102,8 @@ def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
             vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
             digits = 1 if col.startswith("active_units") else 2
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
+            if col == "active_units" and "active_units_by_layer" in summary:
+                rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
         if baseline:  # mean over mean, then the range of the seed-by-seed ratios
             cost = rows["train_seconds"].astype(float).mean() / base_seconds if len(rows) \
                 else np.nan
@@ -109,6 +113,15 @@ def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
             rec[f"cost (x {baseline})"] = "n/a" if np.isnan(cost) else f"{cost:.2f}{spread}"
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _by_layer(values: pd.Series) -> str:
+    """Mean over seeds of the active units of each stochastic layer, "layer1+layer2" as Burda
+    et al. 2016 report them; "-" for a model with one stochastic layer."""
+    parts = [[int(v) for v in s.split("+")] for s in values.dropna().astype(str)]
+    if not parts:
+        return "-"
+    return "+".join(f"{np.mean(layer):.1f}" for layer in zip(*parts))
 
 
 #: metrics of the paired comparison, and whether a positive difference is an improvement

@@ -54,7 +54,9 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
-        model = VAE.for_variant(variant, dataset.input_dim, m.latent_dim, hidden=m.hidden,
+        model = VAE.for_variant(variant, dataset.input_dim, m.latent_dim,
+                                latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
+                                hidden=m.hidden,
                                 decoder_hidden=m.decoder_hidden, activation=m.activation,
                                 likelihood=dataset.likelihood, decoder=m.decoder,
                                 **decoder_options(cfg, dataset))
@@ -206,13 +208,14 @@ def previews(model, dataset: data_mod.Dataset, cfg: RunConfig, n: int = 8) -> di
     gen = torch.Generator().manual_seed(derive(cfg.eval.seed, "previews"))
     x = dataset.test[:n].to(getattr(torch, cfg.dtype))
     z_post = model.encode(x).sample(1, gen)[0]
-    z_prior = model.latent.prior_sample(n, gen).to(x.dtype)
+    z_prior = model.prior_sample(n, gen).to(x.dtype)
 
     def pixels(t: torch.Tensor):
         return (t.cpu().float().reshape(-1, *dataset.image_shape) * 255).round().byte().numpy()
 
-    return {"data": pixels(x), "recon": pixels(model.decoder.mean(z_post, gen)),
-            "samples": pixels(model.decoder.mean(z_prior, gen))}
+    return {"data": pixels(x),
+            "recon": pixels(model.decoder.mean(model.decoder_input(z_post), gen)),
+            "samples": pixels(model.decoder.mean(model.decoder_input(z_prior), gen))}
 
 
 def load_run(run_dir: Path, data_dir: str | None = None):

@@ -175,11 +175,13 @@ class Trainer:
 
     def reset(self, module: str) -> None:
         """Set ``model.<module>`` back to the weights the run started from and every optimizer
-        to a fresh state (as a new training run would start)."""
-        prefix = module + "."
-        own = getattr(self.model, module)
-        own.load_state_dict({k[len(prefix):]: v for k, v in self._initial.items()
-                             if k.startswith(prefix)})
+        to a fresh state (as a new training run would start). ``decoder`` names the whole
+        generative model (``VAE.generative_modules``: with two stochastic layers p(h1|h2) too)."""
+        names = self.model.generative_modules if module == "decoder" else (module,)
+        for name in names:
+            prefix = name + "."
+            getattr(self.model, name).load_state_dict(
+                {k[len(prefix):]: v for k, v in self._initial.items() if k.startswith(prefix)})
         self._optimizers.clear()
 
 

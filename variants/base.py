@@ -102,6 +102,9 @@ class Variant:
     #: hyperparameters that reduce this variant exactly to `vae` ("X is Y with a knob turned");
     #: None where no setting does (a different latent family).
     neutral: ClassVar[dict | None] = {}
+    #: None where the variant works with two stochastic layers (``variants.hierarchy``), else why
+    #: not (a Gaussian latent without a posterior head is checked there; this is for the rest)
+    two_layers: ClassVar[str | None] = None
 
     def __init__(self, **hparams: object):
         unknown = sorted(set(hparams) - set(self.params))

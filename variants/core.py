@@ -53,10 +53,15 @@ class Terms:
     posterior: object  # q(z|x) of the batch
     z: Tensor  # (S, B, Z) the samples
     noise: Tensor | None = None  # the noise z was reparameterized from
+    #: log q(z|x) and log p(z) where the model computed them on the way (two stochastic layers)
+    given_log_qz: Tensor | None = None
+    given_log_pz: Tensor | None = None
 
     @property
     def log_qz(self) -> Tensor:
         """(S, B) log q(z_s | x)."""
+        if self.given_log_qz is not None:
+            return self.given_log_qz
         if self.noise is None:
             return self.posterior.log_prob(self.z)
         return self.posterior.log_prob_reparameterized(self.z, self.noise)
@@ -64,6 +69,8 @@ class Terms:
     @property
     def log_pz(self) -> Tensor:
         """(S, B) log p(z_s)."""
+        if self.given_log_pz is not None:
+            return self.given_log_pz
         return self.posterior.prior_log_prob(self.z)
 
     @property
@@ -112,13 +119,32 @@ class VAE(nn.Module):
         if likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(()))
 
+    #: the modules of the generative model p(x, z) that a reset to the initial weights covers
+    generative_modules: tuple[str, ...] = ("decoder",)
+
     @classmethod
-    def for_variant(cls, variant, input_dim: int, latent_dim: int, **kwargs) -> VAE:
+    def for_variant(cls, variant, input_dim: int, latent_dim: int, latent2_dim: int = 0,
+                    latent2_hidden: Sequence[int] = (100, 100), **kwargs) -> VAE:
         """The model of ``variant``: its latent family, posterior head and decoder options
-        (``variants.base.Variant``) around the core's encoder and the decoder of ``kwargs``."""
+        (``variants.base.Variant``) around the core's encoder and the decoder of ``kwargs``;
+        with ``latent2_dim > 0``, a second stochastic layer above the first
+        (``variants.hierarchy.TwoLayerVAE``)."""
         latent = variant.latent(latent_dim)
         kwargs = {**kwargs, **variant.decoder_options()}
+        if latent2_dim:
+            from .hierarchy import TwoLayerVAE, check_two_layers
+
+            check_two_layers(variant, latent_dim)
+            return TwoLayerVAE(input_dim, latent, latent2_dim, latent2_hidden, **kwargs)
         return cls(input_dim, latent, head=variant.posterior_head(latent), **kwargs)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        """The part of a latent sample the decoder p(x|z) reads (all of it here)."""
+        return z
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples of z from the prior p(z), shape (n, Z)."""
+        return self.latent.prior_sample(n, generator)
 
     def posterior_params(self, x: Tensor, **options) -> Tensor:
         """The parameters of q(z|x): the encoder's outputs, through the variant's head if any."""

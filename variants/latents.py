@@ -13,11 +13,16 @@ needs to know which variant produced it:
   pathwise gradient, computed from the noise where that is cheaper.
 - ``prior_log_prob(z)``: log p(z), shape (n, B).
 - ``kl()``: analytic KL(q(z|x) || p(z)) per latent unit, shape (B, U).
-- ``activity()``: the statistic whose variance over data defines an active unit, shape (B, U, G)
-  (the posterior mean for a Gaussian unit; the class probabilities for a categorical variable).
+- ``activity(generator)``: the statistic whose variance over data defines an active unit, shape
+  (B, U, G) (the posterior mean for a Gaussian unit; the class probabilities for a categorical
+  variable); ``generator`` serves a statistic that has to be estimated by sampling
+  (``variants.hierarchy``).
 - ``pairwise_log_prob(z)``: log q(z_a | x_b) for every sample a and every data point b of this
   posterior, shape (A, B); the aggregate posterior of the mutual information uses it.
-- ``slice(i, j)``: the posterior of data points i..j.
+- ``slice(i, j)``: the posterior of data points i..j; ``len(q)``: its number of data points;
+  ``double()``: the same posterior in float64.
+- ``kl_from_samples``: False where ``kl()`` is analytic; True where it needs the samples,
+  ``kl(z)`` (two stochastic layers, ``variants.hierarchy``).
 
 The latent family itself gives ``param_size`` (encoder outputs), ``dim`` (decoder inputs), ``units``
 (what active units count), ``prior_sample(n, generator)`` and
@@ -66,6 +71,7 @@ class GaussianLatent:
 class GaussianPosterior:
     mu: Tensor
     logvar: Tensor
+    kl_from_samples = False  # a class attribute: the KL is analytic
 
     def reparameterize(self, eps: Tensor, **_: object) -> Tensor:
         if len(eps) == 1:  # without broadcasting over samples: backward then sums nothing
@@ -97,7 +103,7 @@ class GaussianPosterior:
         # KL(N(mu, s^2) || N(0, 1)) = 0.5 (mu^2 + s^2 - 1 - log s^2), per dimension
         return 0.5 * (self.mu**2 + torch.exp(self.logvar) - 1.0 - self.logvar)
 
-    def activity(self) -> Tensor:
+    def activity(self, generator: torch.Generator | None = None) -> Tensor:
         return self.mu.unsqueeze(-1)
 
     def pairwise_log_prob(self, z: Tensor) -> Tensor:
@@ -108,6 +114,12 @@ class GaussianPosterior:
 
     def slice(self, i: int, j: int) -> GaussianPosterior:
         return GaussianPosterior(self.mu[i:j], self.logvar[i:j])
+
+    def __len__(self) -> int:
+        return len(self.mu)
+
+    def double(self) -> GaussianPosterior:
+        return GaussianPosterior(self.mu.double(), self.logvar.double())
 
 
 class CategoricalLatent:
@@ -151,6 +163,7 @@ class CategoricalLatent:
 @dataclass
 class CategoricalPosterior:
     log_probs: Tensor  # (B, N, C), normalized
+    kl_from_samples = False  # a class attribute: the KL is analytic
 
     def rsample(self, n: int = 1, generator: torch.Generator | None = None, **opts: object) -> Tensor:
         u = torch.rand((n, *self.log_probs.shape), generator=generator,
@@ -189,7 +202,7 @@ class CategoricalPosterior:
         n_classes = self.log_probs.shape[-1]
         return (self.log_probs.exp() * self.log_probs).sum(-1) + math.log(n_classes)
 
-    def activity(self) -> Tensor:
+    def activity(self, generator: torch.Generator | None = None) -> Tensor:
         return self.log_probs.exp()
 
     def pairwise_log_prob(self, z: Tensor) -> Tensor:
@@ -197,3 +210,9 @@ class CategoricalPosterior:
 
     def slice(self, i: int, j: int) -> CategoricalPosterior:
         return CategoricalPosterior(self.log_probs[i:j])
+
+    def __len__(self) -> int:
+        return len(self.log_probs)
+
+    def double(self) -> CategoricalPosterior:
+        return CategoricalPosterior(self.log_probs.double())

@@ -48,6 +48,7 @@ class MMD(Variant):
                         low=0.0),
     }
     neutral = {"alpha": 0.0, "lambda": 1.0}
+    two_layers = "its prior samples are the N(0, I) noise, and p(h1 | h2) is not N(0, I)"
 
     def objective(self, terms, step, total_steps):
         alpha, lam = self.hp["alpha"], self.hp["lambda"]
