@@ -36,8 +36,9 @@ class ModelConfig:
         None, "decoder hidden widths; unset: the dataset decides (mirror of the encoder, or none "
         "for linear-gaussian, whose decoder is then exactly the linear Gaussian model)")
     activation: str = fld("tanh", "hidden activation", choices=("tanh", "relu", "elu", "softplus"))
-    latent_dim: int = fld(0, "Gaussian latent size; 0: the dataset decides (50, or 5 for "
-                          "linear-gaussian); categorical variants set their own size", low=0)
+    latent_dim: int = fld(0, "Gaussian latent size (with two stochastic layers: h1's); 0: the "
+                          "dataset decides (50, or 5 for linear-gaussian); categorical variants "
+                          "set their own size", low=0)
     decoder: str = fld("mlp", "decoder family: mlp (pixels independent given z), made (masked "
                        "autoregressive MLP, Germain et al. 2015), pixelcnn (gated PixelCNN, van "
                        "den Oord et al. 2016)", choices=("mlp", "made", "pixelcnn"))

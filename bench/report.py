@@ -211,7 +211,7 @@ def reading(summary: pd.DataFrame, baseline: str, floor: str) -> str:
             if d and not np.isnan(d[1]):
                 text += f", {d[0]:+.2f} [{d[0] - d[1]:+.2f}, {d[0] + d[1]:+.2f}] against `{baseline}`"
         parts.append(text + ".")
-    if baseline in mean.index:
+    if baseline in mean.index and len(mean) > 1:  # a group of the baseline alone has no cost
         cost = (mean["train_seconds"] / mean.loc[baseline, "train_seconds"]).drop(baseline)
         top = cost.idxmax()
         parts.append(f"Most expensive: {top}, {cost[top]:.1f}x the training time of `{baseline}`.")
@@ -484,15 +484,52 @@ def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
             out += [f"cost: training seconds (validation diagnostics and evaluation excluded) "
                     f"relative to `{profile.baseline}`, mean over mean, and in brackets the range "
                     "of the seed-by-seed ratios; runs that train for a few seconds vary by tens "
-                    "of percent on a shared machine.", "",
-                    f"Paired with `{profile.baseline}` of the same seed{' and setting' if g else ''}"
-                    ": mean difference over seeds [95 % t interval]; * where it excludes 0 "
-                    "(NLL: negative is better; KL, MI: positive is more use of the latent).", "",
-                    _markdown(paired_table(sub, profile.baseline)), ""]
+                    "of percent on a shared machine.", ""]
+            paired = paired_table(sub, profile.baseline)
+            if not paired.empty:
+                out += [f"Paired with `{profile.baseline}` of the same seed"
+                        f"{' and setting' if g else ''}: mean difference over seeds [95 % t "
+                        "interval]; * where it excludes 0 (NLL: negative is better; KL, MI: "
+                        "positive is more use of the latent).", "", _markdown(paired), ""]
             text = reading(sub, profile.baseline, profile.floor)
             if text:
                 out += [f"**Reading{' ' + g if g else ''}** (generated from the numbers): {text}", ""]
     return out
+
+
+#: history columns of the by-stage table: (column, title, decimals)
+STAGE_COLUMNS = [("neg_elbo", "train -ELBO", 2), ("val_neg_elbo", "val -ELBO", 2),
+                 ("val_kl", "val KL", 2), ("val_mutual_info", "val MI", 2),
+                 ("val_active_units", "val AU", 1)]
+
+
+def stage_table(profile: Profile, summary: pd.DataFrame, results: Path) -> pd.DataFrame:
+    """Per configuration and learning-rate stage (a run of epochs at one ``lr`` in history.csv,
+    e.g. Burda et al.'s schedule): the last epoch's training -ELBO and validation diagnostics,
+    mean over the seeds that reached it. Empty when no run changed its learning rate."""
+    ok = summary[summary["status"] == "ok"]
+    rows = []
+    for label in dict.fromkeys(ok["label"]):
+        ends: dict[int, list[pd.Series]] = {}
+        for run in ok.loc[ok["label"] == label, "run"]:
+            history = _load_run(runs_dir(results, profile) / run)[2]
+            if history is None or "lr" not in history or history["lr"].nunique() < 2:
+                continue
+            stage = (history["lr"] != history["lr"].shift()).cumsum()
+            for i, (_, block) in enumerate(history.groupby(stage, sort=True)):
+                ends.setdefault(i, []).append(block.iloc[-1])
+        for i, last in sorted(ends.items()):
+            frame = pd.DataFrame(last)
+            rec = {"configuration": label, "stage": i, "epoch": int(frame["epoch"].max()),
+                   "lr": f"{frame['lr'].iloc[0]:.3g}", "seeds": len(frame)}
+            for col, title, digits in STAGE_COLUMNS:
+                if col in frame:
+                    vals = frame[col].astype(float)
+                    rec[title] = _fmt(vals.mean(), vals.std(ddof=1), digits)
+            if "val_active_units_by_layer" in frame:
+                rec["val AU by layer"] = _by_layer(frame["val_active_units_by_layer"])
+            rows.append(rec)
+    return pd.DataFrame(rows).fillna("-")  # "-": a column that this configuration lacks
 
 
 def reference_section(profile: Profile) -> list[str]:
@@ -561,6 +598,12 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
     if not bad.empty:
         cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]
         lines += ["", "## Runs that did not finish", "", _markdown(bad[cols].astype(object).fillna(""))]
+    stages = stage_table(profile, summary, Path(results))
+    if not stages.empty:
+        lines += ["", "## By learning-rate stage", "", _markdown(stages), "",
+                  "The last epoch of each stage of constant learning rate (history.csv): training "
+                  "-ELBO over the epoch, and the diagnostics of the validation split at its end "
+                  "(mean ± sd over seeds). The test NLL is measured once, after the last epoch."]
     pub = published_table(profile, summary)
     if not pub.empty:
         lines += ["", "## Published numbers beside ours", "", _markdown(pub), "",

@@ -137,11 +137,14 @@ def test_sigkill_mid_run_then_rerun_resumes_to_identical_metrics(tmp_path):
     assert json.loads((resumed / "config.json").read_text())["train"]["checkpoint_every"] == 3
 
 
-def test_checkpoints_resume_exactly_in_process(tmp_path):
+@pytest.mark.parametrize("layers", [{}, {"model.latent2_dim": 4, "model.latent2_hidden": "16"}],
+                         ids=["one-layer", "two-layers"])
+def test_checkpoints_resume_exactly_in_process(tmp_path, layers):
     """The same, without processes: a run stopped after its checkpoint at epoch 4 of 6 (its
-    folder kept), resumed, equals the uninterrupted run."""
+    folder kept), resumed, equals the uninterrupted run; with one stochastic layer and with two
+    (whose decoder reset after the autoencoder phase covers p(h1|h2))."""
     over = {**TINY, "train.epochs": 6, "variant": "pretrained-encoder", "ae_epochs": 2,
-            "train.lr_schedule": "burda"}
+            "train.lr_schedule": "burda", **layers}
     whole = execute(apply_overrides(RunConfig(), over), tmp_path / "whole")
     cfg = resolve(apply_overrides(RunConfig(), {**over, "train.checkpoint_every": 2}))
     target = tmp_path / "part" / run_name(cfg)
@@ -191,3 +194,32 @@ def test_checkpoints_resume_exactly_in_process(tmp_path):
         train.restore = real_restore
     assert firsts == [5]  # it went on from epoch 5: a restart from zero would also match
     assert record(resumed) == record(whole)
+
+
+def test_paper_profile_lists_every_row_of_burda_table_1():
+    # Burda et al. 2016, Table 1, MNIST: VAE and IWAE, k = 1, 5, 50, one and two stochastic
+    # layers - 12 rows, each with its published NLL, all under the same protocol.
+    from bench.suite import grid, load_profile
+
+    profile = load_profile("paper")
+    cells = {}
+    for label, cfg in grid(profile):
+        cells.setdefault(label, []).append(cfg)
+    rows = [f"{g} / {m} k={k}" for g in ("1 layer", "2 layers") for m in ("vae", "iwae")
+            for k in (1, 5, 50)]
+    assert sorted(cells) == sorted(rows)
+    assert sorted(p["label"] for p in profile.published) == sorted(rows)
+    for label, cfgs in cells.items():
+        assert [c.seed for c in cfgs] == [0, 1, 2]
+        cfg = cfgs[0]
+        k = int(label.split("k=")[1])
+        assert (cfg.hparams.get("samples") or cfg.hparams.get("k")) == k
+        t, m = cfg.train, cfg.model
+        assert (t.batch_size, t.lr_schedule, t.epochs, t.adam_eps, t.validation_size) == \
+            (20, "burda", 3280, 1e-4, 400)
+        assert (m.init, m.hidden, m.decoder_hidden, cfg.eval.is_samples) == \
+            ("glorot", (200, 200), (200, 200), 5000)
+        two = label.startswith("2 layers")
+        assert (m.latent_dim, m.latent2_dim) == ((100, 50) if two else (50, 0))
+        if two:
+            assert m.latent2_hidden == (100, 100)

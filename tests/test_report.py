@@ -72,3 +72,48 @@ def test_default_profile_sets_the_reference_table_beside_ours():
     lines = reference_section(profile)
     assert "He et al. 2019, Table 1: OMNIGLOT" in lines[1]
     assert "| aggressive | 89.03 | 2.5 | 2.2 |" in lines[3]
+
+
+def test_active_units_by_layer_are_averaged_per_layer_over_seeds():
+    # Two stochastic layers report "layer1+layer2" (Burda et al. 2016); the table averages each
+    # layer over seeds, and a one-layer configuration in the same table shows "-".
+    data = DATA.copy()
+    data["active_units_by_layer"] = None
+    fix = data["variant"] == "fix"
+    data.loc[fix, "active_units_by_layer"] = ["20+3", "21+2", "19+4"]
+    table = main_table(data, "vae").set_index("configuration")
+    assert table.loc["fix", "AU by layer"] == "20.0+3.0"
+    assert table.loc["vae", "AU by layer"] == "-"
+    assert "AU by layer" not in main_table(DATA, "vae").columns  # absent without such models
+
+
+def test_reading_of_a_group_with_the_baseline_alone():
+    # found on the paper-stages profile: one configuration per group used to fail on the
+    # empty cost comparison
+    text = reading(DATA[DATA["variant"] == "vae"], "vae", "floor")
+    assert "The plain `vae` collapsed" in text and "Best NLL: vae (91.00)." in text
+    assert "Most expensive" not in text
+
+
+def test_stage_table_takes_the_last_epoch_of_each_learning_rate_stage(tmp_path):
+    from bench.report import stage_table
+
+    profile = load_profile("smoke")
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 2.0)):
+        run = tmp_path / profile.name / "runs" / f"r{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+        (run / "config.json").write_text("{}")
+        pd.DataFrame({"epoch": [1, 2, 3, 4], "lr": [1e-3, 5e-4, 5e-4, 5e-4],
+                      "neg_elbo": [10.0, 9.0, 8.0, 7.0 + shift],
+                      "val_neg_elbo": [11.0, 10.0, 9.0, 8.0 + shift],
+                      "val_active_units_by_layer": ["3+1", "3+1", "2+1", "2+0"]}
+                     ).to_csv(run / "history.csv", index=False)
+        rows.append({"label": "vae", "status": "ok", "run": f"r{seed}"})
+    table = stage_table(profile, pd.DataFrame(rows), tmp_path)
+    assert table["epoch"].tolist() == [1, 4] and table["seeds"].tolist() == [2, 2]
+    assert table["lr"].tolist() == ["0.001", "0.0005"]
+    assert table.loc[1, "train -ELBO"] == "8.00 ± 1.41"  # 7 and 9
+    assert table.loc[1, "val AU by layer"] == "2.0+0.0"
+    assert "val KL" not in table  # no run of the table has it
