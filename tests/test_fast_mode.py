@@ -34,15 +34,18 @@ needs_compiler = pytest.mark.skipif(
 
 @needs_compiler
 @pytest.mark.slow
-@pytest.mark.parametrize("name, hparams", [
-    ("vae", {}),
+@pytest.mark.parametrize("name, hparams, latent2", [
+    ("vae", {}, 0),
     # the temperature changes every 2 steps: a float option the compiled graph must take as input
-    ("gumbel", {"n_vars": 4, "n_classes": 3, "rate": 0.1, "every": 2}),
+    ("gumbel", {"n_vars": 4, "n_classes": 3, "rate": 0.1, "every": 2}, 0),
+    # two stochastic layers: the KL estimate and log q / log p come out of the compiled graph
+    ("iwae", {"k": 3}, 4),
 ])
-def test_compiled_training_equals_eager(name, hparams):
+def test_compiled_training_equals_eager(name, hparams, latent2):
     variant = create(name, **hparams)
     torch.manual_seed(0)
-    model = VAE(64, variant.latent(8), hidden=(32,)).double()
+    model = VAE.for_variant(variant, 64, 8, latent2_dim=latent2, latent2_hidden=(16,),
+                            hidden=(32,)).double()
     twin = copy.deepcopy(model)
     initial = next(model.parameters()).detach().clone()
     fast = compile_model(twin)
