@@ -144,12 +144,16 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from variants import REGISTRY
+    from variants import REGISTRY, create
+    from variants.hierarchy import two_layer_refusal
 
     for name, cls in REGISTRY.items():
         print(f"{name:10s} {cls.paper}")
         for pname, p in cls.params.items():
             print(f"    {pname:10s} default {p.default!r:8}  {p.allowed():24s} {p.doc}")
+        refusal = two_layer_refusal(create(name), 1)
+        if refusal:
+            print(f"    not with two stochastic layers (model.latent2_dim): {refusal}")
     return 0
 
 

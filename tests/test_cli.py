@@ -88,6 +88,10 @@ def test_variants_and_datasets_listings(capsys):
     assert main(["variants"]) == 0
     out = capsys.readouterr().out
     assert "beta" in out and "Higgins" in out and "tau_min" in out
+    # which variants two stochastic layers refuse, and why: gumbel, decoder-only, the three
+    # posterior heads and mmd
+    assert out.count("not with two stochastic layers") == 6
+    assert "CategoricalLatent" in out and "p(h1 | h2) is not N(0, I)" in out
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "linear-gaussian" in out
