@@ -168,8 +168,6 @@ def active_units(q, gen: torch.Generator | None = None) -> dict[str, float]:
     return out
 
 
-
-
 @torch.no_grad()
 def mutual_info(q, gen: torch.Generator, chunk: int = 256) -> dict[str, float]:
     """I_q(x; z) = E_x E_q[log q(z|x)] - E_q[log qbar(z)], qbar = (1/N) sum_j q(z|x_j).

@@ -121,7 +121,7 @@ def _by_layer(values: pd.Series) -> str:
     parts = [[int(v) for v in s.split("+")] for s in values.dropna().astype(str)]
     if not parts:
         return "-"
-    return "+".join(f"{np.mean(layer):.1f}" for layer in zip(*parts))
+    return "+".join(f"{np.mean(layer):.1f}" for layer in zip(*parts, strict=True))
 
 
 #: metrics of the paired comparison, and whether a positive difference is an improvement

@@ -81,7 +81,7 @@ def test_exact_log_marginal_against_numerical_integration():
     def normal(u, mean, var):
         return math.exp(-0.5 * (u - mean) ** 2 / var) / math.sqrt(2 * math.pi * var)
 
-    for point, exact in zip(x.tolist(), model.exact_log_marginal(x)):
+    for point, exact in zip(x.tolist(), model.exact_log_marginal(x), strict=True):
         def density(h1, h2, point=point):
             px = normal(point[0], w0 * h1 + b0, s2) * normal(point[1], w1 * h1 + b1, s2)
             return px * normal(h1, slope * h2 + shift, v1) * normal(h2, 0.0, 1.0)
