@@ -141,13 +141,17 @@ def test_is_with_the_exact_posterior_is_exact_at_k1():
     assert abs(out["is_gap"]) < 1e-10 and out["nll_exact"] == pytest.approx(-exact.mean().item())
 
 
+def small_model(seed, n_points):
+    """A small float64 two-layer model with hidden layers everywhere, and n binary points."""
+    torch.manual_seed(seed)
+    model = TwoLayerVAE(10, GaussianLatent(4), 3, latent2_hidden=(8,), hidden=(12,)).double()
+    return model, (torch.rand(n_points, 10, dtype=F64) < 0.5).double()
+
+
 def test_training_terms_agree_with_the_evaluation_interface():
     # The training pass (everything from the noise) and the posterior's methods at the same
-    # samples: log q, log p and the per-unit KL estimate agree; the KL estimate sums to the
-    # sample mean of log q - log p minus the top layer's Monte-Carlo part plus its analytic KL.
-    torch.manual_seed(0)
-    model = TwoLayerVAE(10, GaussianLatent(4), 3, latent2_hidden=(8,), hidden=(12,)).double()
-    x = (torch.rand(6, 10, dtype=F64) < 0.5).double()
+    # samples: log q, log p, the per-unit KL estimate and the reparameterized log q agree.
+    model, x = small_model(0, 6)
     terms = model(x, n_samples=5, generator=torch.Generator().manual_seed(2))
     q = terms.posterior
     torch.testing.assert_close(terms.log_qz, q.log_prob(terms.z), rtol=0, atol=1e-10)
@@ -161,9 +165,7 @@ def test_training_terms_agree_with_the_evaluation_interface():
 def test_kl_estimate_is_unbiased_for_the_two_layer_kl():
     # E_q[log q(h1, h2 | x) - log p(h1, h2)] by many plain samples against the mean of the
     # per-unit estimate: equal within 4 standard errors.
-    torch.manual_seed(1)
-    model = TwoLayerVAE(10, GaussianLatent(4), 3, latent2_hidden=(8,), hidden=(12,)).double()
-    x = (torch.rand(3, 10, dtype=F64) < 0.5).double()
+    model, x = small_model(1, 3)
     with torch.no_grad():
         q = model.encode(x)
         z = q.sample(20000, torch.Generator().manual_seed(3))
@@ -224,9 +226,7 @@ def test_active_units_per_layer_count_planted_units():
 
 def test_mutual_information_terms_reduce_to_the_first_layer():
     # I(x; h1, h2) = I(x; h1): log q(z_a | x_b) - log q(z_a | x_a) does not depend on h2.
-    torch.manual_seed(2)
-    model = TwoLayerVAE(10, GaussianLatent(4), 3, latent2_hidden=(8,), hidden=(12,)).double()
-    x = (torch.rand(9, 10, dtype=F64) < 0.5).double()
+    model, x = small_model(2, 9)
     with torch.no_grad():
         q = model.encode(x)
         z = q.sample(1, torch.Generator().manual_seed(0))[0]
@@ -236,10 +236,8 @@ def test_mutual_information_terms_reduce_to_the_first_layer():
 
 
 def test_reset_of_the_decoder_covers_the_top_down_network():
-    torch.manual_seed(3)
-    model = TwoLayerVAE(10, GaussianLatent(4), 3, latent2_hidden=(8,), hidden=(12,))
-    trainer = Trainer.for_step(model, torch.optim.Adam(model.parameters()), None, 0, 1,
-                               torch.zeros(2, 10))
+    model, x = small_model(3, 2)
+    trainer = Trainer.for_step(model, torch.optim.Adam(model.parameters()), None, 0, 1, x)
     trainer.remember_initial()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():

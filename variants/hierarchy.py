@@ -65,7 +65,6 @@ class TwoLayerLatent:
         self.d1, self.d2 = d1, d2
         self.dim = self.units = d1 + d2
         self.param_size = 2 * d1
-        self.layer_units = (d1, d2)
         self.bottom_up, self.top_down = bottom_up, top_down
 
     def draw_noise(self, n: int, batch: int, generator: torch.Generator | None,
@@ -120,7 +119,7 @@ class TwoLayerPosterior:
         mean1, lv1 = self._p1(h2)
         log_q1 = -0.5 * (eps1**2 + self.q1.logvar + LOG_2PI)  # (S, B, d1)
         log_p1 = _gaussian(h1, mean1, lv1)
-        kl2 = 0.5 * (mu2**2 + torch.exp(lv2) - 1.0 - lv2)  # analytic, at the sampled h1
+        kl2 = GaussianPosterior(mu2, lv2).kl()  # analytic, at the sampled h1
         return {"z": torch.cat([h1, h2], -1),
                 "kl": torch.cat([(log_q1 - log_p1).mean(0), kl2.mean(0)], -1),
                 "log_qz": log_q1.sum(-1) - 0.5 * (eps2**2 + lv2 + LOG_2PI).sum(-1),
@@ -128,12 +127,6 @@ class TwoLayerPosterior:
 
     def reparameterize(self, noise: Tensor, **_: object) -> Tensor:
         return self.reparameterize_terms(noise)["z"]
-
-    def rsample(self, n: int = 1, generator: torch.Generator | None = None, **_: object) -> Tensor:
-        mu = self.q1.mu
-        noise = torch.randn((n, *mu.shape[:-1], self.d1 + self.d2), generator=generator,
-                            dtype=mu.dtype, device=mu.device)
-        return self.reparameterize(noise)
 
     # ---- the latent protocol --------------------------------------------------------------------
     def sample(self, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -164,9 +157,8 @@ class TwoLayerPosterior:
         """The per-unit KL estimate (B, d1 + d2) from samples z (S, B, d1 + d2): h1's units
         log q(h1|x) - log p(h1|h2), h2's the analytic KL(q(h2|h1) || N(0, I)); mean over S."""
         h1, h2 = self._layers(z)
-        mu2, lv2 = self._q2(h1)
         layer1 = _gaussian(h1, self.q1.mu, self.q1.logvar) - _gaussian(h1, *self._p1(h2))
-        layer2 = 0.5 * (mu2**2 + torch.exp(lv2) - 1.0 - lv2)
+        layer2 = GaussianPosterior(*self._q2(h1)).kl()
         return torch.cat([layer1.mean(0), layer2.mean(0)], -1)
 
     def activity(self, generator: torch.Generator | None = None) -> Tensor:
