@@ -34,12 +34,14 @@ bench: setup
 report: setup
 	$(VB) report --profile $(PROFILE) --results $(RESULTS) --reports reports
 
-# Rerun a whole profile from nothing in build/ and compare with the committed summary.
+# Rerun a whole profile from nothing in build/ and compare with the committed summary: ends
+# with a verdict (identical / statistically reproduced / not reproduced) and its exit code.
 bench-check: setup
 	rm -rf build/bench-check
 	$(VB) suite --profile $(PROFILE) --jobs $(JOBS) --results build/bench-check
 	$(VB) report --profile $(PROFILE) --results build/bench-check --reports build/bench-check/reports
-	$(VB) compare build/bench-check/$(PROFILE)/summary.csv results/$(PROFILE)/summary.csv
+	$(VB) compare build/bench-check/$(PROFILE)/summary.csv results/$(PROFILE)/summary.csv \
+		--profile $(PROFILE)
 
 # Speed figures (never part of `make test`): pytest-benchmark JSON and the throughput table.
 bench-speed: setup

@@ -88,10 +88,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .compare import verdict
     from .report import largest_differences
 
-    print(largest_differences(pd.read_csv(args.fresh), pd.read_csv(args.committed), args.top))
-    return 0
+    frames = []
+    for path in (args.fresh, args.committed):
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, ValueError, UnicodeDecodeError) as e:  # missing, empty, binary
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"{path}: not a readable summary CSV ({first[:120]}); expected "
+                              "results/PROFILE/summary.csv") from None
+    baseline = args.baseline
+    if baseline is None and args.profile:
+        from .suite import load_profile
+
+        baseline = load_profile(args.profile).baseline
+    try:
+        result = verdict(*frames, baseline or "")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if result.level != 1 and result.name != "nothing matched":
+        print(largest_differences(*frames, args.top))
+    print(result.text())
+    return result.exit_code
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
@@ -215,10 +235,15 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--reports", default="reports")
     rep.set_defaults(func=cmd_report)
 
-    c = sub.add_parser("compare", help="largest metric differences between two summary.csv")
+    c = sub.add_parser("compare", help="does a fresh summary.csv reproduce a committed one? a "
+                       "verdict (identical / statistically reproduced / not), exit code 0 or 1")
     c.add_argument("fresh")
     c.add_argument("committed")
     c.add_argument("--top", type=_positive_int, default=10)
+    c.add_argument("--profile", help="the profile both come from: its baseline is what the "
+                   "paired conclusions compare with")
+    c.add_argument("--baseline", help="the baseline configuration's label (overrides the "
+                   "profile's)")
     c.set_defaults(func=cmd_compare)
 
     ref = sub.add_parser("reference", help="regenerate the CI reference of a profile (needs a "
@@ -258,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
+        from . import numerics
+
+        try:
+            numerics.prepare()
+        except ValueError as e:  # a bad VAE_BENCH_NUMERICS
+            raise ConfigError(str(e)) from None
         return args.func(args)
     except ConfigError as e:
         print(f"vae-bench: error: {e}", file=sys.stderr)

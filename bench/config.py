@@ -16,8 +16,9 @@ from typing import Any
 
 from variants import create as create_variant
 from variants.base import ConfigError, Param
+from variants.decoders import check_options
 
-SUITE_VERSION = "5"  # bump when numbers legitimately change (estimator, protocol, defaults)
+SUITE_VERSION = "6"  # bump when numbers legitimately change (estimator, protocol, defaults)
 
 
 def fld(default: Any, doc: str, **bounds: Any) -> Any:
@@ -63,11 +64,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = fld(10, "passes over the training split", low=1)
-    batch_size: int = fld(100, "minibatch size (Burda et al. 2015: 20; He et al. 2019: 100)", low=1)
+    batch_size: int = fld(100, "minibatch size (Burda et al. 2016: 20; He et al. 2019: 50 on "
+                          "OMNIGLOT, 32 on text)", low=1)
     lr: float = fld(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    clip: float = fld(5.0, "gradient-norm clip of every optimizer step of every variant, the plain "
+                      "VAE and the decoder-only reference included (5: every reference script's, "
+                      "e.g. jxhe/vae-lagging-encoder image.py; 0: none)", low=0.0)
     decoder_pretrain_epochs: int = fld(
-        0, "the lagging set-up (He et al. 2019): start the decoder from the decoder-only run of "
-        "the same seed, data and decoder config trained this many epochs (0: from scratch)", low=0)
+        0, "the lagging set-up (this project's construction after He et al. 2019's explanation "
+        "of collapse): start the decoder from the decoder-only run of the same seed, data and "
+        "decoder config trained this many epochs (0: from scratch)", low=0)
     validation_size: int = fld(-1, "points held out of the training split for the per-epoch "
                                "diagnostics, never trained on (-1: the dataset decides)", low=-1)
     lr_schedule: str = fld("constant", "constant: train.lr throughout; burda: Burda et al. "
@@ -104,6 +110,10 @@ class RunConfig:
     dtype: str = fld("float32", "parameter and data dtype", choices=("float32", "float64"))
     device: str = fld("cpu", "torch device", choices=("cpu", "cuda"))
     deterministic: bool = fld(False, "torch deterministic algorithms (recorded in env.json)")
+    numerics: str = fld("portable", "portable: CPU kernels chosen so that another x86-64 CPU with "
+                        "AVX2 gives the same bits (MKL's AVX2 reproducibility branch, ATen's AVX2 "
+                        "kernels, no oneDNN, a fixed thread count; bench/numerics.py); native: "
+                        "whatever this CPU dispatches", choices=("portable", "native"))
     hparams: dict = field(default_factory=dict, metadata={"doc": "variant hyperparameters"})
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -218,6 +228,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.latent2_hidden is set but there is no second stochastic layer; "
                           "allowed: with model.latent2_dim > 0")
     variant = create_variant(cfg.variant, **cfg.hparams)
+    check_options(model.decoder, model.decoder_hidden, **variant.decoder_options())
     if model.latent2_dim:
         from variants.hierarchy import check_two_layers
 
@@ -225,6 +236,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     train = cfg.train
     if train.validation_size < 0:
         train = dataclasses.replace(train, validation_size=VALIDATION_SIZES[cfg.dataset])
+    variant.check_protocol(train)
     return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
 
 
@@ -256,6 +268,8 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
     model = ModelConfig(**{k: tup(v) for k, v in d["model"].items()})
     top = {k: v for k, v in d.items() if k not in SECTIONS}
+    top.setdefault("numerics", "native")  # records from before the key ran natively
+    d = {**d, "train": {"clip": 0.0, **d["train"]}}  # and without a clip
     return RunConfig(**top, model=model, train=TrainConfig(**d["train"]),
                      eval=EvalConfig(**d["eval"]))
 

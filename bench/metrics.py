@@ -229,3 +229,23 @@ def validation_diagnostics(model, x: Tensor, seed: int, epoch: int) -> dict:
             "val_kl_per_unit": " ".join(f"{v:.4g}" for v in e["kl_per_dim"]),
             **({"val_active_units_by_layer": "+".join(map(str, au["active_units_by_layer"]))}
                if "active_units_by_layer" in au else {})}
+
+
+@torch.no_grad()
+def validation_minibatch_mi(model, x: Tensor, batch: int, seed: int, epoch: int) -> float:
+    """I_q(x; z) estimated as He et al.'s ``calc_mi`` does it (jxhe/vae-lagging-encoder
+    ``image.py`` with ``modules/encoders/encoder.py``): ``mutual_info`` of each minibatch of
+    ``batch`` points of ``x`` in order, with that minibatch's own aggregate posterior (so each is
+    bounded by log batch), averaged weighted by minibatch size. A procedure's rule reads it (the
+    aggressive switch-off); the reported MI stays the pooled one. Noise from the evaluation seed,
+    the epoch and its own stream name."""
+    was_training = model.training
+    model.eval()
+    q = encode(model, x).double()
+    gen = generator(seed, "minibatch-mi", epoch, device=x.device)
+    total = 0.0
+    for i in range(0, len(q), batch):
+        part = q.slice(i, i + batch)
+        total += mutual_info(part, gen)["mutual_info"] * len(part)
+    model.train(was_training)
+    return total / len(q)

@@ -33,6 +33,7 @@ TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": 
 #: per-epoch validation diagnostics drawn as collapse trajectories (history.csv columns)
 TRAJECTORIES = [("val_kl", "KL (nats)"), ("val_mutual_info", "MI (nats)"),
                 ("val_active_units", "AU (δ = 0.01)"), ("val_active_units_strict", "AU (δ = 0.1)")]
+PRINTED = "%.10g"  # the float format of summary.csv
 TIMING = ["train_samples_per_s", "train_seconds", "eval_seconds", "wall_seconds"]
 
 
@@ -625,7 +626,7 @@ def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
                           f"PROFILE={profile.name})")
     reports.mkdir(parents=True, exist_ok=True)
     summary_path = Path(results) / profile.name / "summary.csv"
-    summary.to_csv(summary_path, index=False, float_format="%.10g")
+    summary.to_csv(summary_path, index=False, float_format=PRINTED)
     table = main_table(summary, profile.baseline)
     if "group" in summary and summary["group"].astype(bool).any():
         table.insert(0, "setting", summary.drop_duplicates("label")["group"].to_numpy())

@@ -17,8 +17,9 @@ from variants.base import ConfigError
 from variants.core import VAE
 
 from . import data as data_mod
+from . import numerics
 from .config import SUITE_VERSION, RunConfig, from_dict, pretrain_config, resolve, run_id, to_dict
-from .metrics import evaluate, validation_diagnostics
+from .metrics import evaluate, validation_diagnostics, validation_minibatch_mi
 from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
 from .train import Checkpoints, fit
@@ -117,6 +118,8 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
     target = Path(out) / run_name(cfg)
     if (target / "metrics.json").exists():
         return target
+    if cfg.numerics != numerics.active():  # the libraries read their settings as torch loads
+        return numerics.run_in_mode(cfg.numerics, execute, cfg, out, data_dir, False)
     with run_lock(target):  # a second suite on the same results waits, then finds it done
         if (target / "metrics.json").exists():
             return target
@@ -144,18 +147,25 @@ def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
 def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progress: bool) -> Path:
     pre = pretrained_decoder(cfg, target.parent, data_dir)
     dataset = load_dataset(cfg, data_dir)
+    numerics.apply(cfg.numerics)
     deterministic = set_deterministic(cfg.deterministic)
     model, variant = build_model(cfg, dataset, pre[1] if pre else None)
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
-    epoch_end = None
+    epoch_end = minibatch_mi = None
     if dataset.valid is not None:
         valid = dataset.valid.to(dtype=dtype, device=device)
+        state = {"epoch": 0}
 
         def epoch_end(epoch: int) -> dict:
+            state["epoch"] = epoch
             return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
 
+        def minibatch_mi(batch: int) -> float:
+            return validation_minibatch_mi(model, valid, batch, cfg.eval.seed, state["epoch"])
+
     # the environment as the run starts: the code that trains is the code checked out now
-    env = environment(cfg.device, deterministic, dataset.digests)
+    env = {**environment(cfg.device, deterministic, dataset.digests),
+           **numerics.record(cfg.numerics)}
     checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every)
     # what draws from torch's global generator in training (dropout) draws from the seed's own
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -166,6 +176,7 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
                      dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
                      compile=cfg.train.compile, epoch_end=epoch_end,
                      lr_schedule=cfg.train.lr_schedule, checkpoints=checkpoints,
+                     clip=cfg.train.clip, minibatch_mi=minibatch_mi,
                      adam={"betas": (cfg.train.adam_beta1, cfg.train.adam_beta2),
                            "eps": cfg.train.adam_eps})
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,

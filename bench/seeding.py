@@ -36,12 +36,14 @@ class Streams:
     binarize: torch.Generator
     noise: torch.Generator
     procedure: torch.Generator  # what a variant's training procedure draws (fresh minibatches)
+    redraw: torch.Generator  # fresh initializations a procedure asks for (Trainer.redraw)
 
     @classmethod
     def from_seed(cls, seed: int, device: str | torch.device = "cpu") -> Streams:
         # data order and binarization happen on the CPU; z-noise is drawn on the device.
         return cls(generator(seed, "data"), generator(seed, "binarize"),
-                   generator(seed, "noise", device=device), generator(seed, "procedure"))
+                   generator(seed, "noise", device=device), generator(seed, "procedure"),
+                   generator(seed, "redraw"))
 
 
 def set_deterministic(enabled: bool) -> dict:

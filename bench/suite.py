@@ -231,6 +231,14 @@ def _ray_token_auth(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _numerics_env(mode: str) -> dict:
+    """The variables a Ray worker needs to load torch in ``mode`` (``bench.numerics``); a worker
+    that loaded it otherwise runs the task in a fresh process of the right mode."""
+    from . import numerics
+
+    return {k: v for k, v in numerics.environment_for(mode, {}).items()}
+
+
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
     """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
     writes its own record under ``out``, which must be on storage the workers share; the driver
@@ -253,8 +261,9 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
                           "without a cluster: --backend local") from None
     task = ray.remote(run_one)
     refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
-                         retry_exceptions=False).remote(cfg, str(out.resolve()), data_dir, 1)
-            for cfg in configs]
+                         retry_exceptions=False,
+                         runtime_env={"env_vars": _numerics_env(cfg.numerics)})
+            .remote(cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
         yield ray.get(done[0])

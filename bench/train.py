@@ -44,6 +44,10 @@ def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 
 
+#: the gradient-norm clip of every reference script (jxhe/vae-lagging-encoder, BN-VAE, DU-VAE,
+#: vae-pretraining-encoder: ``clip_grad_norm_(..., 5)``); ``train.clip``'s default
+DEFAULT_CLIP = 5.0
+
 #: Burda et al. 2016, section 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7)
 BURDA_STAGES = 8
 
@@ -86,30 +90,38 @@ class Trainer:
     the step counters, the model (``net`` is the one to call: compiled in the fast mode), Adam
     optimizers by part, fresh minibatches, and the weights the run started from.
 
+    ``epoch`` counts from 1, ``epochs`` is the run's number of them (0 outside ``fit``).
+
     Parts: ``model`` (every parameter, the default), ``encoder`` (q(z|x)'s) and ``decoder``
-    (p(x|z)'s). Adam updates each parameter from its own gradient and moments, so stepping the
+    (p(x|z)'s). Every optimizer step of every part clips the gradient norm of the parameters it
+    updates at ``clip`` (``train.clip``; 0: none): one training protocol for every procedure.
+    Adam updates each parameter from its own gradient and moments, so stepping the
     encoder's and the decoder's optimizers together is the same update as the model's one.
     """
 
     def __init__(self, model, net, lr: float, streams, train_x: torch.Tensor, batch_size: int,
-                 dynamic_binarization: bool, total: int, adam: dict | None = None):
+                 dynamic_binarization: bool, total: int, adam: dict | None = None,
+                 clip: float = DEFAULT_CLIP, minibatch_mi=None):
         self.model, self.net, self.lr, self.adam = model, net, lr, adam or {}
+        self.clip, self._minibatch_mi = clip, minibatch_mi
         self.streams, self.noise = streams, streams.noise
         self.train_x, self.batch_size = train_x, batch_size
         self.dynamic_binarization = dynamic_binarization
-        self.step, self.total, self.epoch = 0, total, 0
+        self.step, self.total, self.epoch, self.epochs = 0, total, 0, 0
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self._initial = None
         self._factor = 1.0
 
     @classmethod
     def for_step(cls, net, opt: torch.optim.Optimizer, noise: torch.Generator, step: int,
-                 total: int, x: torch.Tensor) -> Trainer:
+                 total: int, x: torch.Tensor, clip: float = DEFAULT_CLIP) -> Trainer:
         """A trainer around one given optimizer of the whole model, for single steps on the
         minibatch x (its fresh batches are drawn from x itself, seed 0)."""
         model = getattr(net, "_orig_mod", net)
-        streams = Streams(noise, noise, noise, torch.Generator().manual_seed(0))
-        self = cls(model, net, opt.param_groups[0]["lr"], streams, x, len(x), False, total)
+        streams = Streams(noise, noise, noise, torch.Generator().manual_seed(0),
+                          torch.Generator().manual_seed(1))
+        self = cls(model, net, opt.param_groups[0]["lr"], streams, x, len(x), False, total,
+                   clip=clip)
         self.step, self._optimizers["model"] = step, opt
         return self
 
@@ -141,10 +153,10 @@ class Trainer:
     def set_lr_factor(self, factor: float) -> None:
         self.set_lr(factor=factor)
 
-    def update(self, loss: torch.Tensor, *parts: str, clip: float = 0.0) -> bool:
+    def update(self, loss: torch.Tensor, *parts: str) -> bool:
         """One optimizer step of ``parts`` (default: the model) on ``loss``; only their gradients
-        are computed, and ``clip > 0`` clips their joint norm. False, with nothing updated, if
-        the loss is not finite."""
+        are computed, and their joint norm is clipped at ``self.clip`` (if > 0). False, with
+        nothing updated, if the loss is not finite."""
         if not math.isfinite(loss.item()):
             return False
         parts = parts or ("model",)
@@ -156,11 +168,20 @@ class Trainer:
             loss.backward()
         else:  # the other part's gradients are not even computed
             torch.autograd.backward(loss, inputs=[p for p in params if p.requires_grad])
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
         for opt in opts:
             opt.step()
         return True
+
+    def minibatch_mi(self, batch: int) -> float:
+        """I_q(x; z) on the validation split as He et al.'s code estimates it (``calc_mi`` of
+        jxhe/vae-lagging-encoder ``image.py``): per minibatch of ``batch`` points with that
+        minibatch's aggregate posterior (so bounded by log batch), averaged over the minibatches
+        weighted by their sizes. ValueError if the run has no validation split."""
+        if self._minibatch_mi is None:
+            raise ValueError("no validation split")
+        return self._minibatch_mi(batch)
 
     def fresh_batch(self) -> torch.Tensor:
         """A random minibatch of the training split, freshly binarized for binary data, from the
@@ -169,6 +190,29 @@ class Trainer:
         idx = torch.randint(len(self.train_x), (self.batch_size,), generator=gen)
         x = self.train_x[idx.to(self.train_x.device)]
         return binarize(x.cpu(), gen).to(x.device) if self.dynamic_binarization else x
+
+    def weights(self) -> dict:
+        """A copy of the model's weights (``load_weights`` puts them back)."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_weights(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+    def redraw(self, module: str) -> None:
+        """Re-initialize ``model.<module>`` (``decoder``: the whole generative model) with a fresh
+        draw of its layers' initializations, from the run's own ``redraw`` stream, and every
+        optimizer to a fresh state."""
+        names = self.model.generative_modules if module == "decoder" else (module,)
+        seed = int(torch.randint(2**62, (1,), generator=self.streams.redraw))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for name in names:
+                for layer in getattr(self.model, name).modules():
+                    if hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+                    if hasattr(layer, "zero_masked"):
+                        layer.zero_masked()
+        self._optimizers.clear()
 
     def remember_initial(self) -> None:
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -185,17 +229,19 @@ class Trainer:
         self._optimizers.clear()
 
 
-def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise):
+def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise,
+               clip: float = DEFAULT_CLIP):
     """One step of the variant's procedure with the given optimizer of the whole model:
     (loss, terms), or None if the loss was not finite. The benchmarks time this; ``fit`` runs
     the same ``Variant.train_step``."""
-    return variant.train_step(Trainer.for_step(net, opt, noise, step, total, x), x)
+    return variant.train_step(Trainer.for_step(net, opt, noise, step, total, x, clip), x)
 
 
 def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
         streams, dynamic_binarization: bool, progress: bool = False,
         compile: bool = False, epoch_end=None, lr_schedule: str = "constant",
-        adam: dict | None = None, checkpoints: Checkpoints | None = None) -> FitResult:
+        adam: dict | None = None, checkpoints: Checkpoints | None = None,
+        clip: float = DEFAULT_CLIP, minibatch_mi=None) -> FitResult:
     """Adam on the variant's loss. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
@@ -203,14 +249,17 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     (the validation diagnostics) returns columns for the epoch's history row; its time is kept
     apart from the training time. The learning rate of each epoch follows ``lr_schedule``
     (``epoch_lr``) and is recorded in the row. With ``checkpoints``, training resumes from the
-    latest readable checkpoint and writes one every ``checkpoints.every`` epochs.
+    latest readable checkpoint and writes one every ``checkpoints.every`` epochs. Every optimizer
+    step clips the gradient norm at ``clip``; ``minibatch_mi(batch)`` is the validation MI a
+    procedure may read (``Trainer.minibatch_mi``).
     """
     net = compile_model(model) if compile else model
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
     total = epochs * per_epoch
     trainer = Trainer(model, net, lr, streams, train_x, batch_size, dynamic_binarization, total,
-                      adam)
+                      adam, clip, minibatch_mi)
+    trainer.epochs = epochs
     trainer.optimizer()  # the model's optimizer exists from the start, as before
     trainer.remember_initial()
     result, step, first, before = FitResult(), 0, 1, 0.0

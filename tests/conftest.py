@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+import bench  # noqa: F401  first: it sets the numerics mode before torch loads (bench.numerics)
+
 
 @pytest.fixture(autouse=True)
 def _single_thread_default_dtype():

@@ -298,7 +298,7 @@ def test_validation_split_is_fixed_held_out_and_recorded(tmp_path):
 
 def test_every_decoder_family_builds_for_every_variant():
     for name in variants.REGISTRY:
-        for kind in ("mlp", "made", "pixelcnn"):
-            cfg = config(variant=name, **{"model.decoder": kind})
+        for kind in ("mlp", "made", "pixelcnn"):  # two hidden layers: skip-vae on mlp needs them
+            cfg = config(variant=name, **{"model.decoder": kind, "model.decoder_hidden": "32,32"})
             model, _ = build_model(cfg, load_dataset(cfg, None))
             assert kind[:3] in model.decoder.__class__.__name__.lower()  # SkipMLPDecoder too

@@ -88,9 +88,21 @@ def test_delta_vae_kl_per_unit_is_at_least_delta_for_any_encoder_output(dtype, t
     q = model.latent.posterior(model.head.to(dtype)(raw))
     kl = q.kl()
     assert kl.min().item() >= delta - tol
-    assert (q.mu >= 0).all()  # the parameterization's known property
     kl.sum().backward()
     assert torch.isfinite(raw.grad).all()
+
+
+def test_delta_vae_mean_is_free_and_takes_both_signs():
+    # Razavi et al.: the variance carries the committed rate, the mean is the encoder's output
+    # (the re-implementation this replaces derived a mean >= 0 from the variance)
+    torch.manual_seed(0)
+    v, model = model_of("delta-vae", latent=8)
+    raw = torch.randn(500, 16, dtype=torch.float64) * 3
+    q = model.latent.posterior(model.head.double()(raw))
+    assert (q.mu < -1).any() and (q.mu > 1).any()
+    torch.testing.assert_close(q.mu, raw[:, :8])
+    low, _ = variance_interval(0.15)
+    assert (q.logvar.exp() <= low * (1 + 1e-12)).all()
 
 
 # ---- aggressive -----------------------------------------------------------------------------
@@ -174,31 +186,101 @@ def test_aggressive_run_records_when_it_switched_off(tmp_path):
     for r in rows:
         inner = float(r["inner_steps"])
         assert (20 <= inner <= 30) if r["aggressive"] == "1" else inner == 0
-    # with patience 1 it ends at the first epoch-end MI that is not a new best
-    mis = [float(r["val_mutual_info"]) for r in rows]
+    # with patience 1 it ends at the first epoch-end MI that is not a new best; the MI it reads
+    # is the per-minibatch one (He et al.'s calc_mi), bounded by log mi_batch
+    mis = [float(r["val_mutual_info_batch"]) for r in rows if r["aggressive"] == "1"]
+    assert all(mi <= math.log(50) + 1e-9 for mi in mis)
     off = flags.index(0) if 0 in flags else len(flags)
     assert all(mis[i] > max(mis[:i], default=-math.inf) for i in range(off - 1))
+    if 0 in flags:
+        assert mis[off - 1] <= max(mis[:off - 1])
+        assert all(r["val_mutual_info_batch"] == "" for r in rows[off:])
 
 
 # ---- pretrained encoder ---------------------------------------------------------------------
-def test_pretrained_encoder_resets_the_decoder_to_the_seed_initialization_after_the_ae_phase():
-    cfg = resolve(apply_overrides(RunConfig(), {**TINY, "train.epochs": 1,
-                                                "variant": "pretrained-encoder",
-                                                "ae_epochs": 1}))
+def _pretrained_encoder_fit(**hp):
+    cfg = resolve(apply_overrides(RunConfig(), {**TINY, "train.epochs": 2,
+                                                "variant": "pretrained-encoder", "ae_epochs": 1,
+                                                **hp}))
     dataset = load_dataset(cfg, None)
     model, v = build_model(cfg, dataset)
-    fresh, _ = build_model(cfg, dataset)
+    start, _ = build_model(cfg, dataset)
+    seen = {}
+
+    def after_ae(trainer_epoch_end):  # the weights right after the phase ended
+        def wrapped(trainer, diagnostics):
+            row = trainer_epoch_end(trainer, diagnostics)
+            if trainer.epoch == 1:
+                seen.update(trainer.weights())
+            return row
+        return wrapped
+
+    v.epoch_end = after_ae(v.epoch_end)
     result = fit(model, v, dataset.train.double(), epochs=1, batch_size=100, lr=1e-3,
-                 streams=Streams.from_seed(0), dynamic_binarization=True)
+                 streams=Streams.from_seed(0), dynamic_binarization=True,
+                 epoch_end=lambda epoch: {"val_recon": 1.0})
+    return v, model, start, result, seen
+
+
+def test_pretrained_encoder_redraws_a_fresh_decoder_after_the_ae_phase():
+    v, model, start, result, after = _pretrained_encoder_fit()
     row = result.history[0]
     assert row["phase"] == "autoencoder"
     assert row["loss"] == pytest.approx(row["neg_elbo"] - row["kl"], rel=1e-12)  # KL weight 0
-    for (name, a), b in zip(model.decoder.state_dict().items(),
-                            fresh.decoder.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    assert not torch.equal(model.encoder[0].weight, fresh.encoder[0].weight)  # kept, trained
+    for name, b in start.decoder.state_dict().items():  # not the weights the run started from
+        assert not torch.equal(after["decoder." + name], b), name
+    assert not torch.equal(model.encoder[0].weight, start.encoder[0].weight)  # kept, trained
     assert v.ae_steps == result.steps and v.kl_weight(result.steps, 3 * result.steps) == 0.0
     assert v.kl_weight(2 * result.steps, 3 * result.steps) == 1.0  # ramp over half of the rest
+    # the fresh draw comes from the run's own stream: the same run draws the same decoder
+    _, _, _, _, again = _pretrained_encoder_fit()
+    assert all(torch.equal(after[k], again[k]) for k in after if k.startswith("decoder."))
+
+
+def test_pretrained_encoder_start_option_resets_the_decoder_to_the_run_start():
+    _, model, start, _, after = _pretrained_encoder_fit(decoder_init="start")
+    for name, b in start.decoder.state_dict().items():
+        assert torch.equal(after["decoder." + name], b), name
+
+
+class _Trainer:
+    """What the autoencoder phase's rule reads and calls, scripted."""
+
+    def __init__(self):
+        self.epoch, self.epochs, self.step, self.calls, self.saved = 0, 20, 0, [], 0
+
+    def weights(self):
+        self.saved += 1
+        return {"epoch": self.epoch}
+
+    def load_weights(self, state):
+        self.calls.append(("load", state["epoch"]))
+
+    def redraw(self, module):
+        self.calls.append(("redraw", module))
+
+
+def test_pretrained_encoder_phase_ends_on_a_validation_plateau_with_its_best_weights():
+    v = variants.create("pretrained-encoder", ae_epochs=10, ae_patience=2, ae_halvings=2)
+    t = _Trainer()
+    factors = []
+    for t.epoch, loss in enumerate([5.0, 4.0, 4.5, 4.2, 3.9, 4.0, 4.1, 4.0, 4.0], start=1):
+        row = v.epoch_end(t, {"val_recon": loss})
+        factors.append(v.lr_factor(0, 1))
+        if v.ae_steps is not None:
+            break
+    # new bests at epochs 1, 2, 5; halvings after epochs 4 and 7 (2 epochs without a new best)
+    assert t.epoch == 7 and row["phase"] == "autoencoder"
+    assert factors == [1, 1, 1, 0.5, 0.5, 0.5, 1]  # back to the base rate for the VAE phase
+    assert t.calls == [("load", 5), ("redraw", "decoder")]
+
+
+@pytest.mark.parametrize("ae, epochs", [(3, 3), (5, 3), (-1, 1)])
+def test_pretrained_encoder_settings_without_a_vae_phase_are_refused(ae, epochs):
+    cfg = apply_overrides(RunConfig(), {**TINY, "train.epochs": epochs,
+                                        "variant": "pretrained-encoder", "ae_epochs": ae})
+    with pytest.raises(variants.ConfigError, match="allowed: 0 < ae_epochs < train.epochs"):
+        resolve(cfg)
 
 
 # ---- MMD ------------------------------------------------------------------------------------
@@ -206,8 +288,8 @@ def test_mmd_matches_a_direct_pairwise_computation():
     torch.manual_seed(0)
     a, b = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 3, dtype=torch.float64) + 0.5
 
-    def k(u, w):
-        return math.exp(-float(((u - w) ** 2).sum()) / 3)
+    def k(u, w):  # the authors' kernel: exp(-mean_d (u_d - w_d)^2 / Z), Z = 3
+        return math.exp(-float(((u - w) ** 2).mean()) / 3)
 
     n, total = len(a), 0.0
     for i in range(n):
@@ -216,6 +298,15 @@ def test_mmd_matches_a_direct_pairwise_computation():
                 total += k(a[i], a[j]) + k(b[i], b[j]) - k(a[i], b[j]) - k(a[j], b[i])
     assert mmd_unbiased(a, b).item() == pytest.approx(total / (n * (n - 1)), rel=1e-12)
     assert gaussian_kernel(a, a).diagonal().sub(1).abs().max() < 1e-12
+    # the suite's first version, exp(-|u - w|^2 / Z), is the kernel_power = 1 option
+    first = math.exp(-float(((a[0] - b[1]) ** 2).sum()) / 3)
+    assert gaussian_kernel(a, b, power=1)[0, 1].item() == pytest.approx(first, rel=1e-12)
+    assert gaussian_kernel(a, b)[0, 1].item() == pytest.approx(k(a[0], b[1]), rel=1e-12)
+
+
+def test_mmd_defaults_are_the_authors():
+    v = variants.create("mmd")
+    assert v.hp["lambda"] == 50.0 and v.hp["kernel_power"] == 2 and v.hp["alpha"] == 1.0
 
 
 def test_mmd_is_unbiased_for_equal_distributions_and_positive_for_different_ones():
@@ -286,7 +377,7 @@ def test_cyclical_cosine_restarts_reach_the_optimizer():
 # ---- DU-VAE ---------------------------------------------------------------------------------
 def test_du_vae_rescales_the_bn_scale_floors_the_variance_and_drops_it_out_in_training():
     torch.manual_seed(0)
-    v, model = model_of("du-vae", latent=16)
+    v, model = model_of("du-vae", latent=16, warmup=0.0)  # floor and dropout from the start
     head = model.head
     with torch.no_grad():
         head.weight.uniform_(0.1, 3.0)
@@ -316,38 +407,71 @@ def test_du_vae_rescales_the_bn_scale_floors_the_variance_and_drops_it_out_in_tr
 
 
 # ---- Skip-VAE -------------------------------------------------------------------------------
-def test_skip_vae_feeds_z_into_every_mlp_layer_and_turns_on_the_output_map_elsewhere():
+SKIP_DECODERS = {"mlp": {"decoder_hidden": (32, 16)},
+                 "made": {"decoder": "made", "decoder_hidden": (32, 16), "z_output": False},
+                 "pixelcnn": {"decoder": "pixelcnn", "image_shape": (8, 8), "layers": 3,
+                              "channels": 4, "z_output": False}}
+
+
+@pytest.mark.parametrize("decoder", list(SKIP_DECODERS))
+def test_skip_vae_differs_from_vae_on_every_decoder(decoder):
+    """The base model conditions the first layer only (Dieng et al.'s base decoders); with skip,
+    z reaches the logits even when every path through the first layer is cut."""
     torch.manual_seed(0)
-    v, model = model_of("skip-vae", latent=4)
-    dec = model.decoder
-    assert len(dec.skip) == 1  # one hidden layer (32): the skip map into the output layer
-    deeper = VAE(64, v.latent(4), hidden=(32, 16), **v.decoder_options()).decoder
-    assert [m.out_features for m in deeper.skip] == [32, 64]  # the later hidden layer, output
-    z = torch.randn(1, 3, 4, requires_grad=True)
-    # zero every path through the first layer: z still reaches the logits through the skips
-    with torch.no_grad():
-        dec.body[0].weight.zero_()
-    dec.logits_given(None, None, z).sum().backward()
-    assert z.grad.abs().sum() > 0
-    plain = VAE(64, v.latent(4), hidden=(32,))
-    dec.load_pretrained({k: t[:, :0] if k == "0.weight" else t
-                         for k, t in plain.decoder.state_dict().items()})
-    assert all((m.weight == 0).all() for m in dec.skip)
-    made = VAE(64, v.latent(4), hidden=(32,), decoder="made", z_output=False,
-               **v.decoder_options())
-    assert made.decoder.z_out is not None
+    x = (torch.rand(3, 64) < 0.5).float()
+    z = torch.randn(1, 3, 4)
+    def first_z_weights(dec):
+        if decoder == "mlp":
+            return [getattr(dec, "0").weight]
+        if decoder == "made":
+            return [dec.z_maps[0].weight]
+        return [dec.z_h[0].weight, dec.z_v[0].weight]
+
+    def logits(dec, zz):
+        return dec(zz) if decoder == "mlp" else dec.logits_given(dec.x_terms(x), x, zz)
+
+    for name in ("vae", "skip-vae"):
+        v = variants.create(name)
+        dec = VAE(64, v.latent(4), hidden=(32,), **SKIP_DECODERS[decoder],
+                  **v.decoder_options()).decoder
+        with torch.no_grad():  # cut z's entry into the first layer
+            for w in first_z_weights(dec):
+                w.zero_()
+        moved = (logits(dec, z) - logits(dec, z + 1.0)).abs().max().item()
+        assert (moved > 1e-6) == (name == "skip-vae"), (name, moved)
+
+
+def test_skip_vae_maps_per_decoder():
+    v = variants.create("skip-vae")
+    mlp = VAE(64, v.latent(4), hidden=(32,), decoder_hidden=(32, 16), **v.decoder_options())
+    assert [m.out_features for m in mlp.decoder.skip] == [16]  # the later hidden layer only
+    made = VAE(64, v.latent(4), hidden=(32,), decoder="made", decoder_hidden=(32, 16),
+               z_output=False, **v.decoder_options()).decoder
+    assert len(made.z_maps) == 2 and made.z_out is not None
+    base = VAE(64, v.latent(4), hidden=(32,), decoder="made", decoder_hidden=(32, 16)).decoder
+    assert len(base.z_maps) == 1
+    with pytest.raises(variants.ConfigError, match="at least two hidden layers"):
+        VAE(64, v.latent(4), hidden=(32,), decoder_hidden=(32,), **v.decoder_options())
+    plain = VAE(64, v.latent(4), hidden=(32,), decoder_hidden=(32, 16))
+    mlp.decoder.load_pretrained({k: t[:, :0] if k == "0.weight" else t
+                                 for k, t in plain.decoder.state_dict().items()})
+    assert all((m.weight == 0).all() for m in mlp.decoder.skip)
 
 
 # ---- run identity ---------------------------------------------------------------------------
 def test_parameters_added_later_keep_the_ids_of_recorded_runs():
     from pathlib import Path
+
+    from bench.config import SUITE_VERSION
+
     runs = sorted(Path(__file__).parents[1].glob("results/*/runs/*/config.json"))
     checked = 0
     for path in runs:
         cfg = json.loads(path.read_text())
-        if cfg["variant"] not in ("free-bits", "kl-anneal"):
-            continue
         metrics = json.loads((path.parent / "metrics.json").read_text())
+        if cfg["variant"] not in ("free-bits", "kl-anneal") \
+                or metrics.get("suite_version") != SUITE_VERSION:
+            continue
         assert run_id(resolve(from_dict(cfg))) == metrics["run_id"], path.parent.name
         checked += 1
     assert checked >= 6

@@ -223,3 +223,44 @@ def test_paper_profile_lists_every_row_of_burda_table_1():
         assert (m.latent_dim, m.latent2_dim) == ((100, 50) if two else (50, 0))
         if two:
             assert m.latent2_hidden == (100, 100)
+
+
+# ---- one training protocol: the clip reaches every optimizer step ---------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [1e-3, 0.0])
+def test_the_clip_reaches_every_optimizer_step_of_every_variant(tmp_path, clip):
+    """A global optimizer pre-step hook sees every step that any procedure takes (the model's,
+    the encoder's and the decoder's optimizers, aggressive's inner loop, the pretrained decoder's
+    run): with train.clip = 1e-3 no step's gradient norm exceeds it; with 0 (the control, so
+    the check can fail) some do."""
+    import variants
+    from bench.config import RunConfig, apply_overrides
+    from bench.runner import execute
+
+    norms = []
+
+    def hook(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0)
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        for name in variants.REGISTRY:
+            norms.clear()
+            cfg = apply_overrides(RunConfig(), {
+                "dataset": "digits", "dtype": "float64", "variant": name, "train.epochs": 2,
+                "train.train_points": 200, "model.hidden": "16", "model.latent_dim": 4,
+                "eval.is_samples": 5, "train.clip": clip, "model.decoder": "made",
+                "model.decoder_hidden": "16,16", "train.decoder_pretrain_epochs": 1})
+            execute(cfg, tmp_path / name)
+            steps = 2 * 2 + (1 if name != "decoder-only" else 0) * 2  # run + pretrained decoder
+            assert len(norms) >= steps, name
+            if clip:
+                assert max(norms) <= clip * (1 + 1e-9), (name, max(norms))
+            else:
+                assert max(norms) > 1e-3, name
+    finally:
+        handle.remove()

@@ -260,7 +260,7 @@ def two_layer_config(variant, **extra):
 @pytest.mark.parametrize("variant,hp", [
     ("vae", {"samples": 2}), ("beta", {}), ("kl-anneal", {}), ("free-bits", {}),
     ("iwae", {"k": 3}), ("aggressive", {"max_inner": 3}), ("pretrained-encoder", {}),
-    ("skip-vae", {})])
+    ("skip-vae", {"model.decoder_hidden": "32,32"})])
 def test_variants_train_and_evaluate_with_two_layers(tmp_path, variant, hp):
     run = execute(two_layer_config(variant, **hp), tmp_path)
     m = json.loads((run / "metrics.json").read_text())

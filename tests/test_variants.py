@@ -21,7 +21,7 @@ VOLATILE = {"train_seconds", "train_samples_per_s", "eval_seconds", "run_id",
 NAMES = list(variants.REGISTRY)
 #: every decoder family, at a size for tests (config overrides and VAE keyword arguments)
 DECODERS = {
-    "mlp": ({}, {}),
+    "mlp": ({"model.decoder_hidden": "32,32"}, {"decoder_hidden": (32, 32)}),  # skip-vae: >= 2
     "made": ({"model.decoder": "made", "model.decoder_hidden": "32", "model.window": 20},
              {"decoder": "made", "decoder_hidden": (32,), "window": 20}),
     "pixelcnn": ({"model.decoder": "pixelcnn", "model.pixelcnn_layers": 2,

@@ -9,6 +9,11 @@
   position tau of each cycle).
 
 The schedules are pure functions of the step; ``warmup = 0`` gives w = 1 throughout, i.e. `vae`.
+
+Reference code vs the shared protocol: Bowman et al. anneal an LSTM text model trained with SGD;
+He et al.'s image script (and Li et al., BN-VAE) ramp linearly over their first 10 epochs, He et
+al. from kl_start 0.1, the others from 0; here the ramp starts at 0 and spans ``warmup`` of the
+run, under the shared protocol (Adam, clip 5, ``train.*``).
 """
 
 import math

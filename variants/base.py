@@ -16,8 +16,10 @@ A variant changes one thing by overriding one hook (DESIGN.md section 2, items 1
 - ``train_step(trainer, x)`` and ``epoch_end(trainer, diagnostics)``: the training procedure,
   one step on a minibatch and what happens at an epoch end (default: one step of the loss on
   every parameter; nothing). ``trainer`` (``bench.train.Trainer``) offers the step counters, the
-  optimizers by part (model, encoder, decoder), fresh minibatches and a reset to the initial
-  weights; a procedure never builds its own loop.
+  optimizers by part (model, encoder, decoder; every step clipped at ``train.clip``), fresh
+  minibatches, the validation MI by minibatch, the weights (a snapshot, the initial ones, a
+  fresh draw); a procedure never builds its own loop;
+- ``check_protocol(train)``: refuse a training protocol the variant cannot work under.
 
 Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.metrics``).
 """
@@ -164,6 +166,10 @@ class Variant:
         """Called after each epoch with its history row (the validation diagnostics included);
         returns extra history columns."""
         return {}
+
+    def check_protocol(self, train) -> None:
+        """Refuse, with a ConfigError, a training protocol (``bench.config.TrainConfig``, resolved)
+        under which this variant cannot work (checked before anything is trained)."""
 
     def state(self) -> dict:
         """What the variant has learned about its run so far (aggressive mode and its rule,

@@ -1,4 +1,9 @@
-"""beta-VAE (Higgins et al. 2017, ICLR, eq. 4): loss = recon + beta * KL. beta = 1 is `vae`."""
+"""beta-VAE (Higgins et al. 2017, ICLR, eq. 4): loss = recon + beta * KL. beta = 1 is `vae`.
+
+Reference code vs the shared protocol: Higgins et al. use beta > 1 for disentanglement with
+their own optimizer settings; the collapse comparisons (He et al. 2019, Table 1) use beta < 1
+under the shared image protocol (Adam, clip 5), as here.
+"""
 
 from . import register
 from .base import Param, Variant

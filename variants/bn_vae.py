@@ -7,12 +7,21 @@ epsilon), so the batch-mean KL is at least sum_d E[mu_d^2] / 2 >= units * gamma^
 gamma = 0.7 and 32 units, 7.84 nats. Every unit is "active" by construction; the mutual
 information says how much of that rate is information. Evaluation uses the running statistics
 (eval mode). ``gamma`` has no neutral value: the normalization itself changes the model.
+
+Annealing, as the authors' documented image commands do it (valdersoul/bn-vae, ``--warm_up 10``,
+KL weight from 0): the KL weight ramps linearly from 0 to 1 over the first ``warmup`` of the
+run. Default 0.1: their 10 warm-up epochs as a fraction of a 100-epoch image run (He et al.'s
+``image.py`` schedule, which their code builds on); ``warmup = 0`` starts at weight 1.
+Reference code vs the shared protocol: their scripts halve the learning rate on a validation
+plateau and stop after a number of halvings, at batch 50; here the shared ``train.*`` settings
+(Adam, clip 5 as in their code) apply.
 """
 
 import torch
 from torch import nn
 
 from . import register
+from .annealing import linear
 from .base import Param, Variant
 
 
@@ -34,8 +43,13 @@ class MeanBatchNorm(nn.Module):
 @register("bn-vae")
 class BNVAE(Variant):
     paper = "Zhu et al. 2020, ACL, section 3 (BatchNorm on the posterior means, fixed scale)"
-    params = {"gamma": Param(0.7, "fixed BN scale of the means", low=0.0, low_open=True)}
+    params = {"gamma": Param(0.7, "fixed BN scale of the means", low=0.0, low_open=True),
+              "warmup": Param(0.1, "fraction of the run over which the KL weight ramps from 0 "
+                              "to 1 (their --warm_up 10 of 100 epochs)", low=0.0, high=1.0)}
     neutral = None  # batch-normalized means: no setting gives the plain encoder
 
     def posterior_head(self, latent):
         return MeanBatchNorm(latent.dim, self.hp["gamma"])
+
+    def kl_weight(self, step, total_steps):
+        return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0

@@ -243,8 +243,9 @@ class AutoregressiveDecoder(nn.Module):
 
 
 class SkipMLPDecoder(AutoregressiveDecoder):
-    """The MLP decoder with z fed into every layer (Skip-VAE, Dieng et al. 2019, AISTATS, eq. 6):
-    h_1 = f(W_1 z + b_1), h_l = f(W_l h_{l-1} + U_l z + b_l), logits = W_o h_L + U_o z + b_o.
+    """The MLP decoder with z fed into every hidden layer (Skip-VAE, Dieng et al. 2019, AISTATS):
+    h_1 = f(W_1 z + b_1), h_l = f(W_l h_{l-1} + U_l z + b_l), logits = W_o h_L + b_o, as their MLP
+    code does it (adjidieng/skip-vae); the paper's eq. 6 also conditions the likelihood on z.
     The pixels stay independent given z; its layers keep the plain MLP decoder's names
     (``0.weight`` ...), so a pretrained plain decoder loads into it, the skip maps at zero."""
 
@@ -256,7 +257,7 @@ class SkipMLPDecoder(AutoregressiveDecoder):
             self.add_module(str(i), layer)
         self.body = layers
         self.skip = nn.ModuleList(nn.Linear(z_dim, lin.out_features, bias=False)
-                                  for lin in layers[2::2])
+                                  for lin in layers[2:-1:2])
 
     def forward(self, z: Tensor) -> Tensor:
         return self.logits_given(None, None, z)
@@ -267,9 +268,8 @@ class SkipMLPDecoder(AutoregressiveDecoder):
     def logits_given(self, terms, x: Tensor, z: Tensor) -> Tensor:
         h = self.body[1](self.body[0](z))
         for j, skip in enumerate(self.skip):
-            out = self.body[2 * j + 2](h) + skip(z)
-            h = self.body[2 * j + 3](out) if 2 * j + 3 < len(self.body) else out
-        return h
+            h = self.body[2 * j + 3](self.body[2 * j + 2](h) + skip(z))
+        return self.body[-1](h)
 
     @torch.no_grad()
     def mean(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -342,14 +342,18 @@ def made_masks(d: int, hidden: Sequence[int], window: int) -> tuple[list[Tensor]
 class MADEDecoder(AutoregressiveDecoder):
     """Masked autoregressive MLP (Germain et al. 2015, ICML, eq. 13) conditioned on z.
 
-    h_1 = a(W_1 . M_1) x + b_1 + V_1 z),  h_l = a((W_l . M_l) h_{l-1} + b_l + V_l z),
+    h_1 = a((W_1 . M_1) x + b_1 + V_1 z),  h_l = a((W_l . M_l) h_{l-1} + b_l [+ V_l z, skip]),
     logits = (W_o . M_o) h_L + b_o [+ (A . M_A) x, ``direct``] [+ V_o z, ``z_output``].
-    z reaches every pixel through every hidden layer. The x-only product (W_1 . M_1) x + b_1 and
-    the direct term are the x-terms, shared by all samples of z.
+    The base conditioning is Dieng et al.'s base decoder (z into the first layer only; the
+    conditional MADE of the literature adds z where x enters); ``z_layers = "all"`` (Skip-VAE)
+    adds z to every later hidden layer too. z reaches every pixel through the first hidden layer.
+    The x-only product (W_1 . M_1) x + b_1 and the direct term are the x-terms, shared by all
+    samples of z.
     """
 
     def __init__(self, z_dim: int, d: int, hidden: Sequence[int], activation: str,
-                 window: int = -1, direct: bool = True, z_output: bool = True):
+                 window: int = -1, direct: bool = True, z_output: bool = True,
+                 z_layers: str = "first"):
         super().__init__()
         if not hidden:
             raise ValueError("made needs at least one hidden layer (model.decoder_hidden)")
@@ -358,7 +362,8 @@ class MADEDecoder(AutoregressiveDecoder):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
         self.out = nn.Linear(widths[-1], d)
         self.direct = nn.Linear(d, d, bias=False) if direct else None
-        self.z_maps = nn.ModuleList(nn.Linear(z_dim, h, bias=False) for h in hidden) \
+        fed = hidden if z_layers == "all" else hidden[:1]
+        self.z_maps = nn.ModuleList(nn.Linear(z_dim, h, bias=False) for h in fed) \
             if z_dim else None
         self.z_out = nn.Linear(z_dim, d, bias=False) if z_dim and z_output else None
         self.act = ACTIVATIONS[activation]()
@@ -366,11 +371,15 @@ class MADEDecoder(AutoregressiveDecoder):
         for i, mask in enumerate(masks):
             self.register_buffer(f"mask{i}", mask, persistent=False)
         self.register_buffer("mask_direct", direct_mask, persistent=False)
-        with torch.no_grad():  # masked-out weights are never used: make them zero
-            for layer, mask in zip([*self.layers, self.out], masks, strict=True):
-                layer.weight.mul_(mask)
-            if self.direct is not None:
-                self.direct.weight.mul_(direct_mask)
+        self.zero_masked()
+
+    @torch.no_grad()
+    def zero_masked(self) -> None:
+        """Masked-out weights are never used: make them zero (also after a re-initialization)."""
+        for i, layer in enumerate([*self.layers, self.out]):
+            layer.weight.mul_(getattr(self, f"mask{i}"))
+        if self.direct is not None:
+            self.direct.weight.mul_(self.mask_direct)
 
     def _masked(self, i: int) -> Tensor:
         layer = ([*self.layers, self.out])[i]
@@ -392,7 +401,8 @@ class MADEDecoder(AutoregressiveDecoder):
         h = self.act(h)
         for i in range(1, len(self.layers)):
             a = F.linear(h, self._masked(i), self.layers[i].bias)
-            h = self.act(a + self.z_maps[i](zr) if self.z_maps is not None else a)
+            fed = self.z_maps is not None and i < len(self.z_maps)
+            h = self.act(a + self.z_maps[i](zr) if fed else a)
         logits = F.linear(h, self._masked(len(self.layers))).view(s, b, -1) + out_x
         if self.z_out is not None:
             logits = logits + self.z_out(z)
@@ -418,13 +428,16 @@ class PixelCNNDecoder(AutoregressiveDecoder):
     < i. Horizontal stack: 1 x (k//2 + 1) convolutions over the current row up to column j; in
     the first layer the input is shifted right one column (mask A), so x_ij itself is excluded;
     later layers include column j (mask B) and are residual. Every gate is
-    tanh(W_f * . + V_f z) . sigmoid(W_g * . + V_g z), z a learned bias (PixelVAE's cond_z_bias).
+    tanh(W_f * . + V_f z) . sigmoid(W_g * . + V_g z), z a learned bias (PixelVAE's cond_z_bias),
+    in the first layer's gates only (the base conditioning; Dieng et al.'s base PixelCNN
+    concatenates a spatial z map to the first layer's input instead: a per-channel bias is its
+    spatially constant equivalent), and with ``z_layers = "all"`` (Skip-VAE) in every layer's.
     Output: ReLU, 1x1 conv (plus V_o z with ``z_output``), ReLU, 1x1 conv to one logit per pixel.
     The first layer's convolutions of x are the x-terms, shared by all samples of z.
     """
 
     def __init__(self, z_dim: int, shape: Sequence[int], layers: int = 3, channels: int = 16,
-                 kernel: int = 3, z_output: bool = True):
+                 kernel: int = 3, z_output: bool = True, z_layers: str = "first"):
         super().__init__()
         if kernel % 2 == 0 or kernel < 1:
             raise ValueError(f"pixelcnn kernel {kernel} must be odd")
@@ -435,9 +448,11 @@ class PixelCNNDecoder(AutoregressiveDecoder):
         self.h_convs = nn.ModuleList(nn.Conv2d(i, 2 * c, (1, r + 1)) for i in ins)
         self.v_to_h = nn.ModuleList(nn.Conv2d(2 * c, 2 * c, 1) for _ in ins)
         self.h_res = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in ins)
-        self.z_v = nn.ModuleList(nn.Linear(z_dim, 2 * c, bias=False) for _ in ins[1:]) \
-            if z_dim else None  # the last layer's vertical gate would feed nothing
-        self.z_h = nn.ModuleList(nn.Linear(z_dim, 2 * c, bias=False) for _ in ins) \
+        fed = len(ins) if z_layers == "all" else 1
+        # the last layer's vertical gate would feed nothing
+        self.z_v = nn.ModuleList(nn.Linear(z_dim, 2 * c, bias=False)
+                                 for _ in range(min(fed, len(ins) - 1))) if z_dim else None
+        self.z_h = nn.ModuleList(nn.Linear(z_dim, 2 * c, bias=False) for _ in range(fed)) \
             if z_dim else None
         self.out_hidden = nn.Conv2d(c, c, 1)
         self.z_out = nn.Linear(z_dim, c, bias=False) if z_dim and z_output else None
@@ -461,7 +476,7 @@ class PixelCNNDecoder(AutoregressiveDecoder):
         zr = z.reshape(s * b, z.shape[-1])
 
         def bias(maps, i: int) -> Tensor | float:
-            return 0.0 if maps is None else maps[i](zr)[:, :, None, None]
+            return 0.0 if maps is None or i >= len(maps) else maps[i](zr)[:, :, None, None]
 
         v_pre, h_pre = (t.repeat(s, 1, 1, 1) for t in terms)
         v = h = None
@@ -479,23 +494,39 @@ class PixelCNNDecoder(AutoregressiveDecoder):
         return self.out(F.relu(u)).view(s, b, self.d)
 
 
+def check_options(kind: str, hidden: Sequence[int], skip: bool = False, **_) -> None:
+    """ConfigError for decoder options that mean nothing for this decoder."""
+    from .base import ConfigError
+
+    if skip and kind == "mlp" and len(hidden) < 2:
+        raise ConfigError("z into every later layer (skip-vae) with the mlp decoder needs at "
+                          "least two hidden layers (z is the first one's input); allowed: "
+                          "model.decoder_hidden=W,W[,...]")
+
+
 def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activation: str,
                  image_shape: Sequence[int] | None = None, window: int = -1,
                  direct: bool = True, z_output: bool = True, layers: int = 3,
                  channels: int = 16, kernel: int = 3, skip: bool = False) -> nn.Module:
     """The decoder family ``kind`` (one of DECODERS) for a latent of size z_dim and D pixels.
 
-    ``skip``: z enters every layer and the output (Skip-VAE). MADE and the PixelCNN already add z
-    to every hidden layer, so for them it turns on ``z_output``."""
+    Base conditioning (Dieng et al. 2019's base decoders): z is the MLP's input, and enters the
+    first layer of MADE and of the PixelCNN (and their output layer with ``z_output``).
+    ``skip`` (Skip-VAE, as adjidieng/skip-vae ``models_img_skip.py`` does it): z also enters every
+    later hidden layer of the MLP (not its output), and every later layer and the output of MADE
+    and the PixelCNN."""
+    check_options(kind, hidden, skip=skip)
+    layers_fed = "all" if skip else "first"
     z_output = z_output or skip
     if kind == "mlp":
         return SkipMLPDecoder(z_dim, d, hidden, activation) if skip \
             else MLPDecoder(z_dim, d, hidden, activation)
     if kind == "made":
-        return MADEDecoder(z_dim, d, hidden, activation, window, direct, z_output)
+        return MADEDecoder(z_dim, d, hidden, activation, window, direct, z_output, layers_fed)
     if kind == "pixelcnn":
         if image_shape is None or math.prod(image_shape) != d:
             raise ValueError("pixelcnn needs image data; allowed datasets: digits, mnist, "
                              "fashion-mnist")
-        return PixelCNNDecoder(z_dim, image_shape, layers, channels, kernel, z_output)
+        return PixelCNNDecoder(z_dim, image_shape, layers, channels, kernel, z_output,
+                               layers_fed)
     raise ValueError(f"unknown decoder {kind!r}; allowed: {', '.join(DECODERS)}")

@@ -5,7 +5,7 @@ in the literature and they are not interchangeable (``mode``):
   autoregressive flow", eq. 15; their code): sum_g max(lambda, E_batch[KL_g]) over groups g of
   latent units, lambda = 0.25 per group in their code. By default each unit is its own group;
   ``groups = G`` splits the units into G contiguous groups of equal size.
-- ``example`` (Li et al. 2019, CoNLL, "A surprisingly effective fix for deep latent variable
+- ``example`` (Li et al. 2019, EMNLP-IJCNLP, "A surprisingly effective fix for deep latent variable
   modeling of text", their code's ``fb=1``): per data point, the total KL enters the loss only
   where it exceeds the target lambda * units (0.25 * 32 = their target 8).
 - ``dimension`` (Li et al. 2019, ``fb=2``): per data point and unit, KL_{x,d} enters only where it
@@ -13,6 +13,10 @@ in the literature and they are not interchangeable (``mode``):
 
 Li et al. mask the term (its value is 0 below the target), so their loss value differs from a
 clamp's while the gradients are the same. ``lambda = 0`` is exactly `vae` in ``batch`` mode.
+
+Reference code vs the shared protocol: Kingma et al.'s IAF code trains with Adamax and
+data-dependent initialization; Li et al.'s with SGD on text; here the shared protocol (Adam,
+clip 5, ``train.*``) applies.
 """
 
 from torch import Tensor
@@ -41,7 +45,7 @@ def free_bits(kl: Tensor, lam: float, mode: str = "batch", groups: int = 0) -> T
 
 @register("free-bits")
 class FreeBits(Variant):
-    paper = "Kingma et al. 2016, NeurIPS, eq. 15 (batch); Li et al. 2019, CoNLL (example, dimension)"
+    paper = "Kingma et al. 2016, NeurIPS, eq. 15 (batch); Li et al. 2019, EMNLP-IJCNLP (example, dimension)"
     params = {
         "lambda": Param(0.25, "free nats per group (batch), per unit (dimension); the target "
                         "per example is lambda x units (example)", low=0.0),

@@ -4,6 +4,10 @@ The training objective is the k-sample bound
     L_k = E[ log (1/k) sum_i p(x, z_i) / q(z_i | x) ],   z_i ~ q(z | x),
 with the reparameterized gradient of eq. 10. L_1 is the ELBO; at k = 1 this variant therefore uses
 the default objective (analytic KL, the same bound with less variance), which is exactly `vae`.
+
+Reference code vs the shared protocol: Burda et al. train at batch 20 with Adam (eps 1e-4) over
+learning-rate stages for 3280 epochs (the ``paper`` profile sets all of it); other profiles use
+the shared protocol (Adam, clip 5, ``train.*``).
 """
 
 import math
