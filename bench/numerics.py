@@ -24,7 +24,8 @@ A float32 result depends on the order of its sums, and on a CPU that order is ch
 What cannot be made portable: a CPU without AVX2 and FMA (ATen and MKL fall back to other
 kernels; env.json then records ``portable_guaranteed: false``), other architectures (ARM: other
 libraries), CUDA (its own kernels; ``deterministic=true`` is the tool there), and the fast mode
-``train.compile`` (inductor generates and compiles C++ for the CPU it runs on).
+``train.compile`` (inductor generates and compiles C++ for the CPU it runs on; portable
+processes keep their own inductor cache, ``_portable_cache``).
 
 The libraries read these variables once, when torch loads, so the mode of a process is decided
 before torch is imported: ``prepare()`` runs as the ``bench`` package is imported (the CLI, the
@@ -51,6 +52,7 @@ _loaded_under: str | None = None  # the mode torch was loaded under in this proc
 
 
 SAVED_VAR = "VAE_BENCH_NATIVE_ENV"  # what portable mode replaced, to give native mode back
+CACHE_VAR = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def environment_for(mode: str, base: dict | None = None) -> dict:
@@ -66,10 +68,27 @@ def environment_for(mode: str, base: dict | None = None) -> dict:
             else:
                 env[key] = value
     if mode == "portable":
-        env[SAVED_VAR] = json.dumps({k: env.get(k) for k in PORTABLE_ENV})
+        env[SAVED_VAR] = json.dumps({k: env.get(k) for k in (*PORTABLE_ENV, CACHE_VAR)})
         env.update(PORTABLE_ENV)
+        env[CACHE_VAR] = _portable_cache(env.get(CACHE_VAR))
     env[MODE_VAR] = mode
     return env
+
+
+def _portable_cache(own: str | None) -> str:
+    """Inductor's cache for portable processes, apart from the native one: its keys do not
+    include ATEN_CPU_CAPABILITY, and a kernel compiled in one mode and loaded in the other gave
+    wrong results here (tests/test_fast_mode.py failed until the caches were separated)."""
+    import getpass
+    import tempfile
+
+    if own:
+        return own.rstrip("/") + "-portable"
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name (containers)
+        user = "unknown"
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_portable")
 
 
 def _inferred(env) -> str | None:
@@ -145,12 +164,20 @@ def record(mode: str) -> dict:
                                                "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "aten_cpu_capability": capability,
         "mkldnn_enabled": torch.backends.mkldnn.enabled,
-        "onednn_version": ".".join(map(str, torch.backends.mkldnn.version()))
-        if hasattr(torch.backends.mkldnn, "version") else None,
-        "mkl_available": torch.backends.mkl.is_available(),
+        **_library_versions(torch.__config__.show()),
         "threads": torch.get_num_threads(),
         "cpu_flags": flags,
     }
+
+
+def _library_versions(config: str) -> dict:
+    """MKL's and oneDNN's versions as torch's build configuration names them."""
+    import re
+
+    mkl = re.search(r"Math Kernel Library Version (.+?) for ", config)
+    onednn = re.search(r"MKL-DNN (v[0-9.]+)", config)
+    return {"mkl_version": mkl.group(1) if mkl else None,
+            "onednn_version": onednn.group(1) if onednn else None}
 
 
 @contextlib.contextmanager

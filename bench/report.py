@@ -442,7 +442,12 @@ def _machine(env: dict) -> str:
     libs = ", ".join(x for x in (f"torch BLAS {env.get('torch_blas')}",
                                  *env.get("torch_parallel", []),
                                  f"numpy BLAS {env.get('numpy_blas')}") if x)
-    return f" ({env['cpu_model']}; {libs})"
+    mode = env.get("numerics", "native (recorded before the numerics key)")
+    if env.get("numerics") == "portable":
+        mode += (f": MKL_CBWR={env.get('env', {}).get('MKL_CBWR')}, ATen "
+                 f"{env.get('aten_cpu_capability')}, oneDNN "
+                 f"{'on' if env.get('mkldnn_enabled') else 'off'}, {env.get('threads')} threads")
+    return f" ({env['cpu_model']}; {libs}; numerics {mode})"
 
 
 def _dirty(info: dict) -> str:

@@ -1,7 +1,7 @@
+# ruff: noqa: I001  (the import order matters: bench before torch)
+import bench  # noqa: F401  first: it sets the numerics mode before torch loads (bench.numerics)
 import pytest
 import torch
-
-import bench  # noqa: F401  first: it sets the numerics mode before torch loads (bench.numerics)
 
 
 @pytest.fixture(autouse=True)

@@ -118,6 +118,9 @@ def test_modes_and_their_environment():
     assert native["PATH"] == "/bin" and native["VAE_BENCH_NUMERICS"] == "native"
     again = numerics.environment_for("portable", native)
     assert again == numerics.environment_for("portable", env)
+    # inductor's cache does not key on ATEN_CPU_CAPABILITY: each mode keeps its own
+    assert env["TORCHINDUCTOR_CACHE_DIR"].endswith("_portable")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in native
     assert numerics.active() == "portable"  # tests import bench before torch (conftest.py)
 
 
