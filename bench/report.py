@@ -461,6 +461,13 @@ def _decoder_text(profile: Profile, model: dict) -> str:
     return f"decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}"
 
 
+def _clip(train: dict) -> str:
+    clip = train.get("clip")
+    if clip is None:
+        return "no gradient clipping (recorded before train.clip)"
+    return f"gradient norm clipped at {clip:g}" if clip else "no gradient clipping"
+
+
 def _train_points(train: dict) -> str:
     n = train.get("train_points")
     return f" on the first {n} points of the training split" if n else ""
@@ -572,7 +579,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
         f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
         f"own latent), {_decoder_text(profile, model)}; batch "
-        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, {train.get('epochs')} epochs"
+        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, "
+        f"{_clip(train)}, {train.get('epochs')} epochs"
         f"{_train_points(train)}, "
         f"dtype {cfg.get('dtype')}",
         f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "

@@ -236,7 +236,7 @@ def _numerics_env(mode: str) -> dict:
     that loaded it otherwise runs the task in a fresh process of the right mode."""
     from . import numerics
 
-    return {k: v for k, v in numerics.environment_for(mode, {}).items()}
+    return numerics.environment_for(mode, {})
 
 
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
