@@ -19,8 +19,9 @@ posterior collapse in variational autoencoders", Algorithm 1), with the rules of
 
 Deviation, deliberate: a clip covers the parameters that the step updates (their code also counts
 the other part's gradients, which it computes and discards; here they are never computed).
-Reference code vs the shared protocol: their image script trains 100 epochs at batch 50 and
-halves the learning rate on a validation plateau; here the shared ``train.*`` settings apply.
+Reference code vs the shared protocol: their image script (``config_omniglot.py``, ``image.py``)
+trains at batch 50 for up to 1000 epochs, halves the learning rate after 20 epochs without a
+better validation loss and stops at the 5th halving; here the shared ``train.*`` settings apply.
 History columns: ``aggressive`` (1 for an epoch trained aggressively), ``inner_steps`` (mean
 encoder-only steps per outer batch) and ``val_mutual_info_batch`` (the MI the rule read).
 ``max_inner = 0`` is exactly `vae`.

@@ -6,15 +6,16 @@ the variance above it - uncertainty.
 
 Annealing, as the authors' documented image command does it (SmilesDZgk/DU-VAE, ``--warm_up
 10``, KL weight from 0): the KL weight ramps linearly from 0 to 1 over the first ``warmup`` of
-the run (default 0.1: their 10 warm-up epochs of a 100-epoch image run; 0 starts at weight 1, and
-floor and dropout then act from the first step). The head keeps whether annealing has ended in a
+the run (default 0.1, this suite's choice for short runs, as for ``bn-vae``: their runs stop on
+a validation plateau, so their 10 epochs are no fixed fraction; 0 starts at weight 1, and floor
+and dropout then act from the first step). The head keeps whether annealing has ended in a
 buffer, so evaluation after training uses the floor. Dropout is inverted dropout (survivors
 scaled by 1 / (1 - p)) and is off in evaluation (their ``training=False``). Their ``image.py``
 argparse default for the dropout is 0.2, their README's image command 0.1 (used here). There is
 no neutral setting (the normalization itself changes the model).
-Reference code vs the shared protocol: their scripts halve the learning rate on a validation
-plateau, at batch 50; here the shared ``train.*`` settings (Adam, clip 5 as in their code)
-apply.
+Reference code vs the shared protocol: their image script follows He et al.'s schedule (batch
+50, learning rate halved on a validation plateau); here the shared ``train.*`` settings (Adam,
+clip 5 as in their code) apply.
 """
 
 import math
@@ -63,8 +64,8 @@ class DUVAE(Variant):
         "p": Param(0.1, "dropout rate on the variance above the floor (images 0.1)",
                    low=0.0, high=0.99),
         "warmup": Param(0.1, "fraction of the run over which the KL weight ramps from 0 to 1; "
-                        "floor and dropout act once it has ended (their --warm_up 10 of 100 "
-                        "epochs)", low=0.0, high=1.0),
+                        "floor and dropout act once it has ended (their --warm_up: 10 epochs)",
+                        low=0.0, high=1.0),
     }
     neutral = None
 
