@@ -68,8 +68,9 @@ class TrainConfig:
                           "OMNIGLOT, 32 on text)", low=1)
     lr: float = fld(1e-3, "Adam learning rate", low=0.0, low_open=True)
     clip: float = fld(5.0, "gradient-norm clip of every optimizer step of every variant, the plain "
-                      "VAE and the decoder-only reference included (5: every reference script's, "
-                      "e.g. jxhe/vae-lagging-encoder image.py; 0: none)", low=0.0)
+                      "VAE and the decoder-only reference included (5: every reference script's "
+                      "clip_grad_norm_: jxhe/vae-lagging-encoder image.py, BN-VAE, DU-VAE, "
+                      "vae-pretraining-encoder; 0: none)", low=0.0)
     decoder_pretrain_epochs: int = fld(
         0, "the lagging set-up (this project's construction after He et al. 2019's explanation "
         "of collapse): start the decoder from the decoder-only run of the same seed, data and "

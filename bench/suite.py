@@ -231,14 +231,6 @@ def _ray_token_auth(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _numerics_env(mode: str) -> dict:
-    """The variables a Ray worker needs to load torch in ``mode`` (``bench.numerics``); a worker
-    that loaded it otherwise runs the task in a fresh process of the right mode."""
-    from . import numerics
-
-    return numerics.environment_for(mode, {})
-
-
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
     """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
     writes its own record under ``out``, which must be on storage the workers share; the driver
@@ -259,10 +251,14 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
                           "(Ray >= 2.60): set RAY_AUTH_MODE=token and make its token available "
                           "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); allowed "
                           "without a cluster: --backend local") from None
+    from . import numerics
+
     task = ray.remote(run_one)
     refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
                          retry_exceptions=False,
-                         runtime_env={"env_vars": _numerics_env(cfg.numerics)})
+                         # a worker loads torch in the run's numerics mode (one that loaded it
+                         # otherwise runs the task in a fresh process of that mode)
+                         runtime_env={"env_vars": numerics.environment_for(cfg.numerics, {})})
             .remote(cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
     while refs:
         done, refs = ray.wait(refs, num_returns=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .config import TrainConfig
 from .data import binarize
 from .seeding import Streams
 
@@ -44,9 +45,8 @@ def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 
 
-#: the gradient-norm clip of every reference script (jxhe/vae-lagging-encoder, BN-VAE, DU-VAE,
-#: vae-pretraining-encoder: ``clip_grad_norm_(..., 5)``); ``train.clip``'s default
-DEFAULT_CLIP = 5.0
+#: ``train.clip``'s default (defined once, in ``bench.config``)
+DEFAULT_CLIP = TrainConfig().clip
 
 #: Burda et al. 2016, section 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7)
 BURDA_STAGES = 8

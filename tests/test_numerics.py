@@ -72,8 +72,6 @@ def probe(mode: str, other_cpu: bool, decoder: str) -> dict:
     env = numerics.environment_for(mode, env)
     if other_cpu:  # as a machine with AVX2 and one core would dispatch, whatever the mode
         env.update(OTHER_CPU)
-    env.pop("VAE_BENCH_NUMERICS", None)
-    env["VAE_BENCH_NUMERICS"] = mode
     threads = "1" if other_cpu else "2"
     out = subprocess.run([sys.executable, "-c", PROBE, decoder, str(CASES[decoder]), threads],
                          cwd=ROOT,

@@ -256,8 +256,7 @@ def test_the_clip_reaches_every_optimizer_step_of_every_variant(tmp_path, clip):
                 "eval.is_samples": 5, "train.clip": clip, "model.decoder": "made",
                 "model.decoder_hidden": "16,16", "train.decoder_pretrain_epochs": 1})
             execute(cfg, tmp_path / name)
-            steps = 2 * 2 + (1 if name != "decoder-only" else 0) * 2  # run + pretrained decoder
-            assert len(norms) >= steps, name
+            assert len(norms) >= 4, name  # at least the run's own 2 epochs x 2 batches
             if clip:
                 assert max(norms) <= clip * (1 + 1e-9), (name, max(norms))
             else:
