@@ -60,9 +60,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .suite import dry_run, load_profile, run_suite
+    from .suite import dry_run, load_profile, run_suite, with_variants
 
-    profile = load_profile(args.profile)
+    profile = with_variants(load_profile(args.profile), args.add_variant or [])
     if args.dry_run:
         rows, line = dry_run(profile, Path(args.results))
         width = max(len(r["label"]) for r in rows)
@@ -78,9 +78,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .suite import load_profile
+    from .suite import load_profile, with_variants
 
-    for path in write_report(load_profile(args.profile), Path(args.results), Path(args.reports)):
+    profile = with_variants(load_profile(args.profile), args.add_variant or [])
+    for path in write_report(profile, Path(args.results), Path(args.reports)):
         print(path)
     return 0
 
@@ -145,11 +146,10 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     if args.variant:
-        from variants import REGISTRY
+        from variants import resolve
 
         for v in args.variant:
-            if v not in REGISTRY:
-                raise ConfigError(f"unknown variant {v!r}; allowed: {', '.join(REGISTRY)}")
+            resolve(v)  # unknown or broken: one line
     result = run_all(args.device, args.variant, args.batch_size, args.k, compile=args.compile,
                      decoder=args.decoder)
     suffix = "" if args.decoder == "mlp" else f"-{args.decoder}"
@@ -164,16 +164,19 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from variants import REGISTRY, create
-    from variants.hierarchy import two_layer_refusal
+    from variants import ENTRY_POINT_GROUP, create, names, resolve
+    from variants.factory import two_layer_refusal
 
-    for name, cls in REGISTRY.items():
+    for name in names():
+        cls = resolve(name)
         print(f"{name:10s} {cls.paper}")
         for pname, p in cls.params.items():
             print(f"    {pname:10s} default {p.default!r:8}  {p.allowed():24s} {p.doc}")
         refusal = two_layer_refusal(create(name), 1)
         if refusal:
             print(f"    not with two stochastic layers (model.latent2_dim): {refusal}")
+    print(f"(and module:Class of any Variant subclass importable from here; installed packages "
+          f"add names through the entry-point group {ENTRY_POINT_GROUP})")
     return 0
 
 
@@ -189,6 +192,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             continue
         state = f"available: {src}" if src else "not available offline (download when online)"
         print(f"{name:16s} {state}")
+    print("(and the path of any .npz file with train and test arrays, optionally valid, of "
+          "binary or grey pixels in [0, 1])")
     return 0
 
 
@@ -227,12 +232,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="list the grid (label, seed, status, run) and the estimated cost of what "
                         "is pending, without training")
+    s.add_argument("--add-variant", action="append", metavar="VARIANT",
+                   help="repeatable: add a configuration of this variant (a name or module:Class) "
+                   "to the profile, as profile PROFILE+VARIANT that copies the profile's finished "
+                   "runs and trains only the new ones")
     s.set_defaults(func=cmd_suite)
 
     rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")
     rep.add_argument("--profile", default="default")
     rep.add_argument("--results", default="results")
     rep.add_argument("--reports", default="reports")
+    rep.add_argument("--add-variant", action="append", metavar="VARIANT",
+                     help="the report of PROFILE+VARIANT (as suite --add-variant ran it)")
     rep.set_defaults(func=cmd_report)
 
     c = sub.add_parser("compare", help="does a fresh summary.csv reproduce a committed one? a "

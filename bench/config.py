@@ -105,8 +105,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    variant: str = fld("vae", "registered variant name")
-    dataset: str = fld("digits", "dataset name")
+    variant: str = fld("vae", "variant name (vae-bench variants), or module:Class of a Variant "
+                       "subclass importable from the current directory or PYTHONPATH")
+    dataset: str = fld("digits", "dataset name (vae-bench datasets), or the path of an .npz file "
+                       "with train and test arrays (and optionally valid) in [0, 1]")
     seed: int = fld(0, "training seed: init, data order, binarization, training noise", low=0)
     dtype: str = fld("float32", "parameter and data dtype", choices=("float32", "float64"))
     device: str = fld("cpu", "torch device", choices=("cpu", "cuda"))
@@ -196,20 +198,17 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 def _variant_params(name: str) -> dict[str, Param]:
-    from variants import REGISTRY
+    from variants import resolve
 
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown variant {name!r}; allowed: {', '.join(REGISTRY)}")
-    return REGISTRY[name].params
+    return resolve(name).params
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill dataset-dependent defaults and the variant's full hyperparameters (validated)."""
-    from .data import LOADERS, MODEL_DEFAULTS, VALIDATION_SIZES
+    from . import datasets
 
-    if cfg.dataset not in LOADERS:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; allowed: {', '.join(LOADERS)}")
-    dataset_defaults = MODEL_DEFAULTS.get(cfg.dataset, {})
+    datasets.check(cfg.dataset)
+    dataset_defaults = datasets.model_defaults(cfg.dataset)
     model = cfg.model
     if model.decoder_hidden is None:
         dec = dataset_defaults.get("decoder_hidden", tuple(model.hidden)[::-1])
@@ -231,12 +230,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     variant = create_variant(cfg.variant, **cfg.hparams)
     check_options(model.decoder, model.decoder_hidden, **variant.decoder_options())
     if model.latent2_dim:
-        from variants.hierarchy import check_two_layers
+        from variants.factory import check_two_layers
 
         check_two_layers(variant, model.latent_dim)
     train = cfg.train
     if train.validation_size < 0:
-        train = dataclasses.replace(train, validation_size=VALIDATION_SIZES[cfg.dataset])
+        train = dataclasses.replace(train, validation_size=datasets.validation_size(cfg.dataset))
     variant.check_protocol(train)
     return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
 
@@ -283,6 +282,12 @@ HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train
 NOT_HASHED = (("train", "checkpoint_every"),)
 
 
+def variant_source(name: str) -> dict | None:
+    from variants import source
+
+    return source(name)
+
+
 def run_id(cfg: RunConfig) -> str:
     """Hash of the resolved config (and the suite version): the identity of a run."""
     d = to_dict(cfg)
@@ -294,6 +299,13 @@ def run_id(cfg: RunConfig) -> str:
     for key, param in _variant_params(cfg.variant).items():  # the same for variant parameters
         if param.late and d["hparams"].get(key) == param.default:
             del d["hparams"][key]
+    from .datasets import digest
+
+    if digest(cfg.dataset):  # a dataset file: its contents are part of the run's identity
+        d["dataset_sha256"] = digest(cfg.dataset)
+    outside = variant_source(cfg.variant)
+    if outside:  # a variant from outside the package: its source is part of the run's identity
+        d["variant_sha256"] = outside["sha256"]
     pre = pretrain_config(cfg)
     if pre is not None:  # the pretrained decoder's identity is part of this run's
         d["decoder_pretrain_run"] = run_id(pre)

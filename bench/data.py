@@ -279,6 +279,13 @@ def hold_out(dataset: Dataset, size: int) -> Dataset:
     keep their order. The validation digest goes into the dataset's digests (and env.json).
     """
     n = len(dataset.train)
+    if dataset.valid is not None:  # a split of its own (a dataset file's ``valid``)
+        if size not in (0, len(dataset.valid)):
+            raise ConfigError(f"train.validation_size={size} is invalid for {dataset.name}, which "
+                              f"brings its own validation split of {len(dataset.valid)} points; "
+                              f"allowed: -1 or {len(dataset.valid)} (that split), 0 (none)")
+        digests = {k: v for k, v in dataset.digests.items() if k != "validation"}
+        return dataset if size else dataclasses.replace(dataset, valid=None, digests=digests)
     if not 0 <= size < n:
         raise ConfigError(f"train.validation_size={size} is invalid for {dataset.name}; allowed: "
                           f"0 .. {n - 1}")

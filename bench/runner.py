@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -15,10 +17,20 @@ import torch
 from variants import create as create_variant
 from variants.base import ConfigError
 from variants.core import VAE
+from variants.factory import build_vae
 
 from . import data as data_mod
-from . import numerics
-from .config import SUITE_VERSION, RunConfig, from_dict, pretrain_config, resolve, run_id, to_dict
+from . import datasets, numerics
+from .config import (
+    SUITE_VERSION,
+    RunConfig,
+    from_dict,
+    pretrain_config,
+    resolve,
+    run_id,
+    to_dict,
+    variant_source,
+)
 from .metrics import evaluate, validation_diagnostics, validation_minibatch_mi
 from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
@@ -55,7 +67,7 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
-        model = VAE.for_variant(variant, dataset.input_dim, m.latent_dim,
+        model = build_vae(variant, dataset.input_dim, m.latent_dim,
                                 latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
                                 hidden=m.hidden,
                                 decoder_hidden=m.decoder_hidden, activation=m.activation,
@@ -98,15 +110,47 @@ def pretrained_decoder(cfg: RunConfig, out: Path, data_dir: str | None) -> tuple
     path = execute(pre, out, data_dir)
     if not (path / "model.pt").is_file():
         status = read_json(path / "metrics.json").get("status")
-        raise ConfigError(f"pretrained decoder run {path.name} has status {status!r}; "
-                          "allowed: a finished run (remove it to retrain)")
+        if status != "ok":
+            raise ConfigError(f"pretrained decoder run {path.name} has status {status!r}; "
+                              "allowed: a finished run (remove it to retrain)")
+        rebuild_weights(pre, path, data_dir)
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     return path.name, {k.removeprefix("decoder."): v for k, v in state.items()
                        if k.startswith("decoder.")}
 
 
+#: metrics that measure the machine, not the model: never compared between two trainings
+TIMINGS = ("train_seconds", "train_samples_per_s", "eval_seconds", "diagnostics_seconds")
+
+
+def rebuild_weights(cfg: RunConfig, path: Path, data_dir: str | None) -> None:
+    """Weights for a finished record that has none (records are committed without weights, so
+    a fresh clone's pretrained decoders have only their numbers): train the run again beside
+    it, and install its weights only if its metrics are the record's, value for value;
+    otherwise a ConfigError says which metric differs (the record is left as it was)."""
+    rebuilt = path.parent / f".{path.name}.rebuild-{os.getpid()}"
+    shutil.rmtree(rebuilt, ignore_errors=True)
+    try:
+        fresh = read_json(execute(cfg, rebuilt, data_dir) / path.name / "metrics.json")
+        recorded = read_json(path / "metrics.json")
+        moved = sorted(k for k in set(fresh) | set(recorded)
+                       if k not in TIMINGS and fresh.get(k) != recorded.get(k))
+        if moved:
+            raise ConfigError(f"run {path.name} has no weights, and training it again here gives "
+                              f"other numbers ({moved[0]}: {fresh.get(moved[0])!r} against the "
+                              f"record's {recorded.get(moved[0])!r}); allowed: remove the run "
+                              "to retrain it")
+        os.replace(rebuilt / path.name / "model.pt", path / "model.pt")
+    finally:
+        shutil.rmtree(rebuilt, ignore_errors=True)
+
+
 def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.variant}-{cfg.dataset}-s{cfg.seed}-{run_id(cfg)}"
+    """``variant-dataset-sSEED-ID``: an import path's ``:`` becomes ``.``, a dataset file is
+    named by its stem (the run id carries both digests)."""
+    variant = cfg.variant.replace(":", ".")
+    dataset = Path(cfg.dataset).stem if datasets.digest(cfg.dataset) else cfg.dataset
+    return f"{variant}-{dataset}-s{cfg.seed}-{run_id(cfg)}"
 
 
 def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
@@ -130,7 +174,7 @@ def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
     """The run's dataset: its validation split held out of the training split, the training
     split cut to its first ``train.train_points`` and the test split to its first
     ``eval.test_points`` points where those are set."""
-    dataset = data_mod.hold_out(data_mod.load(cfg.dataset, data_dir), cfg.train.validation_size)
+    dataset = data_mod.hold_out(datasets.load(cfg.dataset, data_dir), cfg.train.validation_size)
     m = cfg.train.train_points
     if m:
         if m > len(dataset.train):
@@ -166,6 +210,9 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     # the environment as the run starts: the code that trains is the code checked out now
     env = {**environment(cfg.device, deterministic, dataset.digests),
            **numerics.record(cfg.numerics)}
+    outside = variant_source(cfg.variant)
+    if outside:
+        env["variant_source"] = outside
     checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every)
     # what draws from torch's global generator in training (dropout) draws from the seed's own
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

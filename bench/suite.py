@@ -16,7 +16,9 @@ interrupted suite continues where it stopped. Records are renamed into place who
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -54,6 +56,9 @@ class Profile:
     floor: str = ""
     #: a published table set beside ours: title, source, note, columns, rows
     reference: dict = field(default_factory=dict)
+    #: profiles whose finished runs (under the same results directory) are copied in instead of
+    #: trained again: runs are named by the hash of their config, so a match is the same run
+    reuse: tuple[str, ...] = ()
 
 
 def profile_names() -> list[str]:
@@ -112,6 +117,10 @@ def load_profile(name_or_path: str) -> Profile:
     for g in groups:
         if not isinstance(g, dict) or "name" not in g:
             raise ConfigError(f"profile {name!r}: group {g!r} needs a name")
+    reuse = meta.get("reuse", [])
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
+        raise ConfigError(f"profile {name!r}: reuse={reuse!r} is invalid; allowed: a list of "
+                          "profile names")
     labels = [c["label"] for c in configs]
     for key in ("baseline", "floor"):
         if meta.get(key) and meta[key] not in labels:
@@ -119,7 +128,29 @@ def load_profile(name_or_path: str) -> Profile:
                               f"allowed: {', '.join(labels)}")
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
-                   meta.get("baseline", ""), meta.get("floor", ""), reference)
+                   meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse))
+
+
+def with_variants(profile: Profile, specs: list[str]) -> Profile:
+    """``profile`` with one more configuration per variant spec (a name or module:Class, its
+    defaults; labelled by the spec), named ``PROFILE+SPEC``, reusing the finished runs of
+    ``profile``: only the new configurations train, and the report pairs them with the
+    profile's baseline seed by seed."""
+    if not specs:
+        return profile
+    from variants import resolve
+
+    labels = {c["label"] for c in profile.configs}
+    for spec in specs:
+        resolve(spec)  # a broken or unknown variant: one line, before anything else
+        if spec in labels:
+            raise ConfigError(f"--add-variant {spec}: profile {profile.name!r} already has a "
+                              f"configuration labelled {spec!r}")
+    name = "+".join([profile.name, *(s.replace(":", ".") for s in specs)])
+    return dataclasses.replace(profile, name=name,
+                               configs=(*profile.configs, *({"label": s, "variant": s}
+                                                            for s in specs)),
+                               reuse=(profile.name, *profile.reuse))
 
 
 def grid(profile: Profile) -> list[tuple[str, RunConfig]]:
@@ -177,6 +208,40 @@ def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int)
                                "traceback": traceback.format_exc()},
                       env=environment(cfg.device, {}, {}))
         return "failed"
+
+
+def reuse_finished(profile: Profile, results: Path) -> int:
+    """Copy into this profile's runs every missing run (and pretrained decoder) that a profile
+    of ``profile.reuse`` finished under the same results directory; returns how many. A copy
+    lands whole (a temporary name, then renamed), without mid-run checkpoints."""
+    from .runner import run_name
+
+    out = runs_dir(results, profile)
+    wanted = {}
+    for _, cfg in grid(profile):
+        wanted[run_name(cfg)] = cfg
+        pre = pretrain_config(cfg)
+        if pre is not None:
+            wanted[run_name(pre)] = pre
+    copied = 0
+    for name in wanted:
+        if (out / name / "metrics.json").exists():
+            continue
+        for other in profile.reuse:
+            source = Path(results) / other / "runs" / name
+            try:
+                ok = read_json(source / "metrics.json").get("status") == "ok"
+            except (OSError, ValueError, ConfigError, AttributeError):
+                ok = False
+            if ok:
+                out.mkdir(parents=True, exist_ok=True)
+                tmp = out / f".{name}.reuse-{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+                tmp.rename(out / name)
+                copied += 1
+                break
+    return copied
 
 
 def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
@@ -301,9 +366,10 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
     """Run every missing grid point on a backend; return counts of what was done."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    total, todo = len(grid(profile)), [cfg for _, cfg in pending(profile, results)]
     out = runs_dir(results, profile)
     ensure_writable(out)
+    reused = reuse_finished(profile, results) if profile.reuse else 0
+    total, todo = len(grid(profile)), [cfg for _, cfg in pending(profile, results)]
     if todo and git_dirty():
         print("vae-bench: warning: this checkout has uncommitted changes; its runs record "
               "git_dirty: true (commit first for results that name the code that made them)",
@@ -312,6 +378,8 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
     bar = tqdm(total=total, initial=total - len(todo), unit="run", disable=not show,
                desc=profile.name)
     counts = Counter(total=total, skipped=total - len(todo))
+    if reused:
+        counts["reused"] = reused
     start = time.perf_counter()
     for i, stage in enumerate(stages(todo, out)):
         statuses = _ray(stage, out, data_dir, ray_address) if backend == "ray" \

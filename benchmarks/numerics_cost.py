@@ -34,7 +34,7 @@ import torch
 from bench.metrics import evaluate
 from bench.train import make_optimizer, train_step
 from variants import create
-from variants.core import VAE
+from variants.factory import build_vae
 
 numerics.apply(numerics.active())
 gen = torch.Generator().manual_seed(0)
@@ -44,7 +44,7 @@ for name, opts in (("mlp", {}), ("made", {"decoder": "made", "decoder_hidden": (
                                           "z_output": False})):
     torch.manual_seed(0)
     v = create("vae")
-    model = VAE.for_variant(v, 784, 32, hidden=(200, 200), activation="tanh", **opts)
+    model = build_vae(v, 784, 32, hidden=(200, 200), activation="tanh", **opts)
     opt = make_optimizer(model.parameters(), 1e-3)
     noise = torch.Generator().manual_seed(1)
     for step in range(20):

@@ -11,6 +11,7 @@ from bench.metrics import encode, nll_is_points
 from bench.throughput import HandWrittenVAE
 from bench.train import make_optimizer, train_step
 from variants.core import VAE
+from variants.factory import build_vae
 from variants.latents import GaussianLatent
 
 BATCH, D, HIDDEN, Z = 100, 784, (200, 200), 50
@@ -24,7 +25,7 @@ def x():
 @pytest.mark.parametrize("name", list(variants.REGISTRY))
 def test_train_step_ours(benchmark, name, x):
     v = variants.create(name)
-    model = VAE.for_variant(v, D, Z, hidden=HIDDEN)
+    model = build_vae(v, D, Z, hidden=HIDDEN)
     opt = make_optimizer(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     benchmark.group = "train step, batch 100, 784-200-200-50"

@@ -25,7 +25,7 @@ from bench.config import (
 )
 from bench.train import compile_model, make_optimizer, train_step
 from variants import create
-from variants.core import VAE
+from variants.factory import build_vae
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -44,7 +44,7 @@ needs_compiler = pytest.mark.skipif(
 def test_compiled_training_equals_eager(name, hparams, latent2):
     variant = create(name, **hparams)
     torch.manual_seed(0)
-    model = VAE.for_variant(variant, 64, 8, latent2_dim=latent2, latent2_hidden=(16,),
+    model = build_vae(variant, 64, 8, latent2_dim=latent2, latent2_hidden=(16,),
                             hidden=(32,)).double()
     twin = copy.deepcopy(model)
     initial = next(model.parameters()).detach().clone()

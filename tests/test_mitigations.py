@@ -17,6 +17,7 @@ from variants.aggressive import InnerStop, MIPatience
 from variants.core import VAE
 from variants.delta_vae import variance_interval
 from variants.du_vae import FLOOR
+from variants.factory import build_vae
 from variants.free_bits import free_bits
 from variants.mmd import gaussian_kernel, mmd_unbiased
 
@@ -26,7 +27,7 @@ TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidde
 
 def model_of(name, latent=32, **hp):
     v = variants.create(name, **hp)
-    return v, VAE.for_variant(v, 64, latent, hidden=(32,))
+    return v, build_vae(v, 64, latent, hidden=(32,))
 
 
 # ---- BN-VAE ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from bench.metrics import evaluate
 from bench.seeding import Streams
 from bench.train import fit
 from variants import create
-from variants.core import VAE
+from variants.factory import build_vae
 
 decoder, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)  # the machine's own default; portable mode pins its count
@@ -53,7 +53,7 @@ opts = {"mlp": {}, "made": {"decoder": "made", "decoder_hidden": (500,)},
                      "channels": 8}}[decoder]
 torch.manual_seed(1)
 variant = create("vae")
-model = VAE.for_variant(variant, 784, 32, hidden=(200, 200), activation="tanh", **opts)
+model = build_vae(variant, 784, 32, hidden=(200, 200), activation="tanh", **opts)
 fit(model, variant, train, epochs=1, batch_size=100, lr=1e-3, streams=Streams.from_seed(0),
     dynamic_binarization=True)
 metrics = evaluate(model, test[:100 if decoder == "pixelcnn" else 200],

@@ -12,6 +12,7 @@ from bench.config import RunConfig, apply_overrides
 from bench.runner import execute
 from variants import annealing, gumbel, iwae
 from variants.core import VAE
+from variants.factory import build_vae
 from variants.latents import CategoricalLatent
 
 TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidden": "32",
@@ -42,10 +43,9 @@ def stable(metrics):
     return {k: v for k, v in metrics.items() if k not in VOLATILE}
 
 
-@pytest.mark.parametrize("name, decoder", EVERY)
 def model_for(v, decoder="mlp", d=64, latent=8):
     """The model of variant v as the runner builds it: its latent, head and decoder options."""
-    return VAE.for_variant(v, d, latent, hidden=(32,), **DECODERS[decoder][1])
+    return build_vae(v, d, latent, hidden=(32,), **DECODERS[decoder][1])
 
 
 @pytest.mark.parametrize("name, decoder", EVERY)

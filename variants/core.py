@@ -122,22 +122,6 @@ class VAE(nn.Module):
     #: the modules of the generative model p(x, z) that a reset to the initial weights covers
     generative_modules: tuple[str, ...] = ("decoder",)
 
-    @classmethod
-    def for_variant(cls, variant, input_dim: int, latent_dim: int, latent2_dim: int = 0,
-                    latent2_hidden: Sequence[int] = (100, 100), **kwargs) -> VAE:
-        """The model of ``variant``: its latent family, posterior head and decoder options
-        (``variants.base.Variant``) around the core's encoder and the decoder of ``kwargs``;
-        with ``latent2_dim > 0``, a second stochastic layer above the first
-        (``variants.hierarchy.TwoLayerVAE``)."""
-        latent = variant.latent(latent_dim)
-        kwargs = {**kwargs, **variant.decoder_options()}
-        if latent2_dim:
-            from .hierarchy import TwoLayerVAE, check_two_layers
-
-            check_two_layers(variant, latent_dim)
-            return TwoLayerVAE(input_dim, latent, latent2_dim, latent2_hidden, **kwargs)
-        return cls(input_dim, latent, head=variant.posterior_head(latent), **kwargs)
-
     def decoder_input(self, z: Tensor) -> Tensor:
         """The part of a latent sample the decoder p(x|z) reads (all of it here)."""
         return z

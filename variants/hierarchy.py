@@ -36,7 +36,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import ConfigError
 from .core import VAE, Terms
 from .decoders import mlp
 from .latents import GaussianLatent, GaussianPosterior
@@ -241,26 +240,3 @@ class TwoLayerVAE(VAE):
         cov = w @ cov1 @ w.T + torch.exp(self.log_var.double()) * eye
         mvn = torch.distributions.MultivariateNormal(b + w @ a, covariance_matrix=cov)
         return mvn.log_prob(x.double())
-
-
-def check_two_layers(variant, latent_dim: int) -> None:
-    """ConfigError unless ``variant`` works with two stochastic layers: a Gaussian latent of
-    size > 0 without a posterior head, and no reason of its own (``Variant.two_layers``)."""
-    reason = two_layer_refusal(variant, latent_dim)
-    if reason:
-        from . import REGISTRY, create
-
-        allowed = [n for n in REGISTRY if not two_layer_refusal(create(n), max(latent_dim, 1))]
-        raise ConfigError(f"variant {variant.name!r} does not work with two stochastic layers "
-                          f"(model.latent2_dim > 0): {reason}; allowed: {', '.join(allowed)}")
-
-
-def two_layer_refusal(variant, latent_dim: int) -> str | None:
-    latent = variant.latent(latent_dim)
-    if type(latent) is not GaussianLatent:
-        return f"its latent is {type(latent).__name__}, not the diagonal Gaussian"
-    if latent.dim == 0:
-        return "it has no latent"
-    if variant.posterior_head(latent) is not None:
-        return "it reparameterizes the posterior (a head on the encoder's outputs)"
-    return variant.two_layers

@@ -1,0 +1,142 @@
+"""A dataset of one's own: an ``.npz`` file given wherever a dataset name is accepted.
+
+The file holds ``train`` and ``test`` arrays (and optionally ``valid``), each of shape (N, ...)
+with the same shape per point: binary pixels or grey levels in [0, 1], any image shape. Grey
+levels are probabilities, binarized as the built-in image datasets are (``bench.data``): the
+training split afresh every epoch from the run's stream, the test and validation splits once
+from their fixed seeds. A 2-d point shape (H, W), after dropping axes of size 1, is an image
+(the PixelCNN decoder works on it); any other shape is a flat vector of pixels.
+
+The file's sha256 is part of the run id and recorded in env.json, so an edited file never reuses
+the runs of its former contents. A bad file (unreadable, wrong keys, values outside [0, 1],
+NaN, empty, mismatched shapes) is refused in one line naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import TEST_BINARIZATION_SEED, VALIDATION_SEED, DataError, Dataset, binarize, sha256
+
+SUFFIX = ".npz"
+REQUIRED, OPTIONAL = ("train", "test"), ("valid",)
+#: validation points held out of the training split when the file brings none (``-1``)
+MAX_HELD_OUT = 2000
+
+_digests: dict[tuple[str, int, int], str] = {}
+_checked_arrays: dict[tuple[str, str], tuple[dict[str, np.ndarray], tuple]] = {}
+
+
+def is_file(name: str) -> bool:
+    return isinstance(name, str) and name.endswith(SUFFIX)
+
+
+def file_digest(name: str) -> str:
+    """sha256 of the file's bytes (cached per path, size and modification time)."""
+    path = Path(name).expanduser()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DataError(f"dataset file {name}: cannot read it ({e.strerror}); allowed: an "
+                        "existing .npz file with train and test arrays") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digests[key]
+
+
+def _arrays(name: str) -> dict[str, np.ndarray]:
+    path = Path(name).expanduser()
+    file_digest(name)  # a missing or unreadable file: one line
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = [k for k in REQUIRED if k not in keys]
+            unknown = sorted(keys - set(REQUIRED) - set(OPTIONAL))
+            if missing or unknown:
+                what = (f"no {' or '.join(missing)} array" if missing
+                        else f"unknown array {unknown[0]!r}")
+                has = ", ".join(sorted(keys)) or "nothing"
+                raise DataError(f"dataset file {name}: {what} (has: {has}); allowed: train, "
+                                "test and optionally valid")
+            return {k: z[k] for k in (*REQUIRED, *OPTIONAL) if k in keys}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"dataset file {name}: not a readable .npz ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); allowed: a file "
+                        "written by numpy.savez with train and test arrays") from None
+
+
+def _checked(name: str, key: str, a: np.ndarray, point_shape: tuple | None) -> np.ndarray:
+    where = f"dataset file {name}: array {key!r}"
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{where} has dtype {a.dtype}; allowed: numbers in [0, 1]")
+    if a.ndim < 2 or a.shape[0] == 0 or a[0].size == 0:
+        raise DataError(f"{where} has shape {a.shape}; allowed: (N, ...) with N >= 1 points of "
+                        "at least one pixel")
+    if point_shape is not None and a.shape[1:] != point_shape:
+        raise DataError(f"{where} has points of shape {a.shape[1:]}, 'train' {point_shape}; "
+                        "allowed: the same shape in every split")
+    x = a.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where} holds NaN or infinite values; allowed: numbers in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise DataError(f"{where} has values in [{lo:g}, {hi:g}]; allowed: binary pixels or grey "
+                        "levels in [0, 1] (divide 8-bit images by 255)")
+    return x.reshape(len(x), -1)
+
+
+def image_shape(point_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    shape = tuple(d for d in point_shape if d != 1)
+    return shape if len(shape) == 2 else None
+
+
+def _validated(name: str) -> dict[str, np.ndarray]:
+    """The file's splits, checked, as float32 (N, D) arrays (cached per file contents)."""
+    key = (file_digest(name), "arrays")
+    if key not in _checked_arrays:
+        arrays = _arrays(name)
+        shape = arrays["train"].shape[1:]
+        flat = {k: _checked(name, k, a, shape if k != "train" else None)
+                for k, a in arrays.items()}
+        _checked_arrays.clear()  # one file's arrays at a time
+        _checked_arrays[key] = (flat, shape)
+    return _checked_arrays[key][0]
+
+
+def check(name: str) -> None:
+    """DataError (one line) unless ``name`` is a readable, valid dataset file."""
+    _validated(name)
+
+
+def load_npz(name: str) -> Dataset:
+    flat = _validated(name)
+    shape = _checked_arrays[(file_digest(name), "arrays")][1]
+    train = torch.from_numpy(flat["train"].copy())
+    test = binarize(torch.from_numpy(flat["test"]),
+                    torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    digests = {"file": file_digest(name), "test_binarized": sha256(test.to(torch.uint8))}
+    valid = None
+    if "valid" in flat:
+        valid = binarize(torch.from_numpy(flat["valid"]),
+                         torch.Generator().manual_seed(VALIDATION_SEED))
+        digests["validation"] = sha256(valid.to(torch.uint8))
+    return Dataset(name, train, test, "bernoulli", f"file {Path(name).expanduser().resolve()}",
+                   image_shape(shape), digests, valid=valid)
+
+
+def validation_size(name: str) -> int:
+    """The default validation split: the file's own ``valid`` array, else an eighth of the
+    training points (at most ``MAX_HELD_OUT``; none when there is a single one) held out."""
+    flat = _validated(name)
+    n = len(flat["train"])
+    if "valid" in flat:
+        return len(flat["valid"])
+    return max(1, min(MAX_HELD_OUT, n // 8)) if n > 1 else 0

@@ -1,0 +1,45 @@
+"""A dataset by name: one of the built-in loaders (``bench.data``) or a user's ``.npz`` file
+(``bench.datafile``). Everything that accepts a dataset name asks here."""
+
+from __future__ import annotations
+
+import os
+
+from variants.base import ConfigError
+
+from . import data, datafile
+
+
+def allowed() -> str:
+    return f"{', '.join(data.LOADERS)}, or a path to an .npz file (train, test[, valid])"
+
+
+def check(name: str) -> None:
+    """ConfigError unless ``name`` is a built-in dataset or a readable .npz file."""
+    if datafile.is_file(name):
+        datafile.check(name)
+    elif name not in data.LOADERS:
+        raise ConfigError(f"unknown dataset {name!r}; allowed: {allowed()}")
+
+
+def load(name: str, root: str | os.PathLike | None = None) -> data.Dataset:
+    if datafile.is_file(name):
+        return datafile.load_npz(name)
+    check(name)
+    return data.LOADERS[name](data.data_dir(root))
+
+
+def validation_size(name: str) -> int:
+    """Points of the validation split when ``train.validation_size = -1``."""
+    return datafile.validation_size(name) if datafile.is_file(name) \
+        else data.VALIDATION_SIZES[name]
+
+
+def model_defaults(name: str) -> dict:
+    return {} if datafile.is_file(name) else data.MODEL_DEFAULTS.get(name, {})
+
+
+def digest(name: str) -> str | None:
+    """sha256 of a dataset file (part of its runs' ids); None for a built-in dataset, whose
+    arrays are verified against the digests in ``bench.data``."""
+    return datafile.file_digest(name) if datafile.is_file(name) else None

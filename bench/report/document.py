@@ -1,0 +1,207 @@
+"""The report itself: ``reports/P.md`` (header of protocol and environment, the tables per
+setting, the paired comparison and its reading, stages, published numbers, throughput,
+figures) and its ``.csv`` / ``.tex`` twins, written from the run records alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from variants.base import ConfigError
+
+from ..config import SUITE_VERSION
+from ..data import TEST_BINARIZATION_SEED
+from ..suite import Profile, runs_dir
+from .figures import figures
+from .paired import paired_table, reading
+from .records import PRINTED, load_run, summarize
+from .tables import main_table, markdown, published_table, reference_section, stage_table
+from .timing import throughput_section
+
+
+def _environment(profile: Profile, summary: pd.DataFrame, results: Path) -> dict:
+    ok = summary[summary["status"] == "ok"]
+    if ok.empty:
+        return {}
+    _, config, _, env = load_run(runs_dir(results, profile) / ok["run"].iloc[0])
+    envs = [load_run(runs_dir(results, profile) / r)[3] for r in ok["run"]]
+    commits = sorted({e.get("git_commit") or "?" for e in envs})
+    dirty = sum(bool(e.get("git_dirty")) for e in envs)
+    return {"config": config, "env": env, "commits": commits, "dirty": dirty}
+
+
+def _machine(env: dict) -> str:
+    """The CPU model and math libraries, where the runs recorded them."""
+    if not env.get("cpu_model"):
+        return ""
+    libs = ", ".join(x for x in (f"torch BLAS {env.get('torch_blas')}",
+                                 *env.get("torch_parallel", []),
+                                 f"numpy BLAS {env.get('numpy_blas')}") if x)
+    mode = env.get("numerics", "native (recorded before the numerics key)")
+    if env.get("numerics") == "portable":
+        mode += (f": MKL_CBWR={env.get('env', {}).get('MKL_CBWR')}, ATen "
+                 f"{env.get('aten_cpu_capability')}, oneDNN "
+                 f"{'on' if env.get('mkldnn_enabled') else 'off'}, {env.get('threads')} threads")
+    return f" ({env['cpu_model']}; {libs}; numerics {mode})"
+
+
+def _dirty(info: dict) -> str:
+    n = info.get("dirty", 0)
+    return f" ({n} runs from a checkout with uncommitted changes)" if n else ""
+
+
+def _decoder_text(profile: Profile, model: dict) -> str:
+    if any(k.startswith("model.") for g in profile.groups for k in g):
+        return "decoder per setting (below)"
+    return f"decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}"
+
+
+def _clip(train: dict) -> str:
+    clip = train.get("clip")
+    if clip is None:
+        return "no gradient clipping (recorded before train.clip)"
+    return f"gradient norm clipped at {clip:g}" if clip else "no gradient clipping"
+
+
+def _train_points(train: dict) -> str:
+    n = train.get("train_points")
+    return f" on the first {n} points of the training split" if n else ""
+
+
+def _test_split(ev: dict) -> str:
+    n = ev.get("test_points")
+    return f"the first {n} points of the test split" if n else "the whole test split"
+
+
+def _group_lines(profile: Profile) -> list[str]:
+    if not profile.groups:
+        return []
+    return ["- settings (groups; each crosses every configuration): " + "; ".join(
+        f"**{g['name']}**: " + ", ".join(f"{k} = {v}" for k, v in g.items() if k != "name")
+        for g in profile.groups)]
+
+
+def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
+    groups = [g for g in dict.fromkeys(summary.get("group", pd.Series(dtype=str))) if g]
+    out = []
+    for g in groups or [None]:
+        sub = summary if g is None else summary[summary["group"] == g]
+        out += ([f"### {g}", ""] if g else []) + [markdown(main_table(sub, profile.baseline)),
+                                                 ""]
+        if profile.baseline:
+            out += [f"cost: training seconds (validation diagnostics and evaluation excluded) "
+                    f"relative to `{profile.baseline}`, mean over mean, and in brackets the range "
+                    "of the seed-by-seed ratios; runs that train for a few seconds vary by tens "
+                    "of percent on a shared machine.", ""]
+            paired = paired_table(sub, profile.baseline)
+            if not paired.empty:
+                out += [f"Paired with `{profile.baseline}` of the same seed"
+                        f"{' and setting' if g else ''}: mean difference over seeds [95 % t "
+                        "interval]; * where it excludes 0 (NLL: negative is better; KL, MI: "
+                        "positive is more use of the latent).", "", markdown(paired), ""]
+            text = reading(sub, profile.baseline, profile.floor)
+            if text:
+                out += [f"**Reading{' ' + g if g else ''}** (generated from the numbers): {text}", ""]
+    return out
+
+
+def _mi_bound(summary: pd.DataFrame) -> str:
+    if "mutual_info_bound" not in summary:
+        return ""
+    bound = summary["mutual_info_bound"].dropna().astype(float)
+    return "" if bound.empty else (f": no estimate pooled over N points exceeds log N = "
+                                   f"{bound.max():.2f} nats, so MI near it is saturated")
+
+
+def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths: list[Path],
+           reports: Path) -> str:
+    info = _environment(profile, summary, results)
+    env, cfg = info.get("env", {}), info.get("config", {})
+    digests = env.get("dataset_digests", {})
+    wall = summary.get("wall_seconds", pd.Series(dtype=float)).astype(float).sum()
+    model, train, ev = cfg.get("model", {}), cfg.get("train", {}), cfg.get("eval", {})
+    lines = [
+        f"# vae-bench report: `{profile.name}`",
+        "",
+        f"{profile.description}. Generated by `vae-bench report --profile {profile.name}` from "
+        f"the run records in `results/{profile.name}/runs/`; do not edit by hand.",
+        "",
+        f"- suite version: {SUITE_VERSION}; runs: {len(summary)} "
+        f"({(summary['status'] == 'ok').sum()} ok); seeds: {list(profile.seeds)}",
+        f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
+        f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
+        f"own latent), {_decoder_text(profile, model)}; batch "
+        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, "
+        f"{_clip(train)}, {train.get('epochs')} epochs"
+        f"{_train_points(train)}, "
+        f"dtype {cfg.get('dtype')}",
+        f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "
+        f"samples from q (eval seed {ev.get('seed')}); -ELBO with the analytic KL, "
+        f"{ev.get('elbo_samples')} sample(s)",
+        "- binarization: training images dynamically binarized each epoch from the run's seeded "
+        f"stream; test images binarized once (seed {TEST_BINARIZATION_SEED}), sha256 "
+        f"`{digests.get('test_binarized', 'n/a')}`",
+        f"- validation: {train.get('validation_size')} points held out of the training split "
+        f"(sha256 `{digests.get('validation', 'n/a')}`), diagnosed at every epoch end",
+        f"- budget: {profile.budget}; measured compute (train + eval, summed over runs): "
+        f"{wall / 60:.1f} min",
+        f"- environment: Python {env.get('python')}, torch {env.get('torch')}, numpy "
+        f"{env.get('numpy')}, {env.get('cpu_capability')} CPU{_machine(env)}, "
+        f"{env.get('threads')} threads, device {env.get('device')}; commits "
+        f"{', '.join(c[:10] for c in info.get('commits', []))}{_dirty(info)}",
+        *_group_lines(profile),
+        "",
+        "## Main table (mean ± sd over seeds; ↑ higher is better, ↓ lower is better)",
+        "",
+        *_main_tables(summary, profile),
+        "All values in nats per test image. -ELBO is always the unmodified ELBO, whatever the "
+        "variant optimizes. AU: units with Var_x E_q[z|x] > 0.01 (Burda et al. 2016; for "
+        "categorical variables, the summed variance of their class probabilities); AU strict: the "
+        "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
+        f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
+    ]
+    bad = summary[summary["status"] != "ok"]
+    if not bad.empty:
+        cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]
+        lines += ["", "## Runs that did not finish", "", markdown(bad[cols].astype(object).fillna(""))]
+    stages = stage_table(profile, summary, Path(results))
+    if not stages.empty:
+        lines += ["", "## By learning-rate stage", "", markdown(stages), "",
+                  "The last epoch of each stage of constant learning rate (history.csv): training "
+                  "-ELBO over the epoch, and the diagnostics of the validation split at its end "
+                  "(mean ± sd over seeds). The test NLL is measured once, after the last epoch."]
+    pub = published_table(profile, summary)
+    if not pub.empty:
+        lines += ["", "## Published numbers beside ours", "", markdown(pub), "",
+                  "Protocols differ where the table says so; a gap is expected where ours trains "
+                  "for minutes and theirs for days."]
+    lines += reference_section(profile)
+    lines += ["", "## Throughput", "", throughput_section(Path(results))]
+    lines += ["", "## Figures", ""]
+    lines += [f"![{p.stem}]({p.relative_to(reports).as_posix()})" for p in figure_paths]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
+    summary = summarize(profile, results)
+    if (summary["status"] == "missing").all():
+        raise ConfigError(f"no runs of profile {profile.name!r} under "
+                          f"{runs_dir(results, profile)}; run them first: vae-bench suite "
+                          f"--profile {profile.name} --results {results} (or make bench "
+                          f"PROFILE={profile.name})")
+    reports.mkdir(parents=True, exist_ok=True)
+    summary_path = Path(results) / profile.name / "summary.csv"
+    summary.to_csv(summary_path, index=False, float_format=PRINTED)
+    table = main_table(summary, profile.baseline)
+    if "group" in summary and summary["group"].astype(bool).any():
+        table.insert(0, "setting", summary.drop_duplicates("label")["group"].to_numpy())
+    figs = figures(profile, summary, results, reports / profile.name)
+    md = reports / f"{profile.name}.md"
+    md.write_text(render(profile, summary, results, figs, reports))
+    table.to_csv(reports / f"{profile.name}.csv", index=False)
+    (reports / f"{profile.name}.tex").write_text(
+        table.to_latex(index=False).replace("±", r"$\pm$").replace("↑", r"$\uparrow$")
+        .replace("↓", r"$\downarrow$"))
+    return [summary_path, md, reports / f"{profile.name}.csv", reports / f"{profile.name}.tex",
+            *figs]
