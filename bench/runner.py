@@ -131,7 +131,7 @@ def rebuild_weights(cfg: RunConfig, path: Path, data_dir: str | None) -> None:
     rebuilt = path.parent / f".{path.name}.rebuild-{os.getpid()}"
     shutil.rmtree(rebuilt, ignore_errors=True)
     try:
-        fresh = read_json(execute(cfg, rebuilt, data_dir) / path.name / "metrics.json")
+        fresh = read_json(execute(cfg, rebuilt, data_dir) / "metrics.json")
         recorded = read_json(path / "metrics.json")
         moved = sorted(k for k in set(fresh) | set(recorded)
                        if k not in TIMINGS and fresh.get(k) != recorded.get(k))

@@ -12,8 +12,8 @@ import pytest
 import variants
 from bench.cli import main
 from bench.config import RunConfig, apply_overrides, resolve, run_id
-from bench.contract import ContractError, check_variant, tiny_run
-from bench.report import summarize, write_report
+from bench.contract import ContractError, check_variant
+from bench.report import summarize
 from bench.runner import execute, load_dataset, run_name
 from bench.suite import load_profile, run_suite, with_variants
 from variants.base import ConfigError
@@ -248,3 +248,29 @@ def test_a_missing_or_garbled_npz_file_is_refused_in_one_line(tmp_path, capsys):
     err = one_line_error(["run", "--dataset", str(tmp_path / "junk.npz"), "--epochs", "1",
                           "--out", str(tmp_path / "runs")], capsys)
     assert "junk.npz: not a readable .npz" in err
+
+
+def test_a_pretrained_decoder_without_weights_is_rebuilt_only_to_the_same_numbers(tmp_path):
+    """Committed records carry no weights: a lagging run on a fresh clone trains the pretrained
+    decoder again and installs its weights only if its numbers are the record's."""
+    from bench.config import pretrain_config
+
+    cfg = resolve(apply_overrides(RunConfig(), {
+        **TINY, "model.decoder": "made", "model.decoder_hidden": "16",
+        "train.decoder_pretrain_epochs": 1}))
+    first = json.loads((execute(cfg, tmp_path / "a") / "metrics.json").read_text())
+    pre = tmp_path / "a" / run_name(pretrain_config(cfg))
+    (pre / "model.pt").unlink()
+    shutil.rmtree(tmp_path / "a" / run_name(cfg))
+    again = json.loads((execute(cfg, tmp_path / "a") / "metrics.json").read_text())
+    assert (pre / "model.pt").is_file() and again["nll_is"] == first["nll_is"]
+    # a record that another training does not reproduce: refused, the record untouched
+    (pre / "model.pt").unlink()
+    shutil.rmtree(tmp_path / "a" / run_name(cfg))
+    record = json.loads((pre / "metrics.json").read_text())
+    (pre / "metrics.json").write_text(json.dumps({**record, "kl": record["kl"] + 1}))
+    with pytest.raises(ConfigError, match=r"training it again here gives other numbers \(kl:"):
+        execute(cfg, tmp_path / "a")
+    assert not (pre / "model.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) \
+        == [".locks"]  # no rebuild directory left behind

@@ -1,46 +1,24 @@
 """One contract for every registered variant, plus each variant's own truth."""
 
 import itertools
-import json
 import math
 
 import pytest
 import torch
 
 import variants
-from bench.config import RunConfig, apply_overrides
-from bench.runner import execute
+from bench.contract import DECODERS, stable, tiny_run
 from variants import annealing, gumbel, iwae
 from variants.core import VAE
 from variants.factory import build_vae
 from variants.latents import CategoricalLatent
 
-TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidden": "32",
-        "model.latent_dim": 8, "eval.is_samples": 20}
-VOLATILE = {"train_seconds", "train_samples_per_s", "eval_seconds", "run_id",
-            "diagnostics_seconds"}
 NAMES = list(variants.REGISTRY)
-#: every decoder family, at a size for tests (config overrides and VAE keyword arguments)
-DECODERS = {
-    "mlp": ({"model.decoder_hidden": "32,32"}, {"decoder_hidden": (32, 32)}),  # skip-vae: >= 2
-    "made": ({"model.decoder": "made", "model.decoder_hidden": "32", "model.window": 20},
-             {"decoder": "made", "decoder_hidden": (32,), "window": 20}),
-    "pixelcnn": ({"model.decoder": "pixelcnn", "model.pixelcnn_layers": 2,
-                  "model.pixelcnn_channels": 8},
-                 {"decoder": "pixelcnn", "image_shape": (8, 8), "layers": 2, "channels": 8}),
-}
 EVERY = [(n, d) for d in DECODERS for n in NAMES]
 
 
 def run(tmp_path, variant, decoder="mlp", **hparams):
-    cfg = apply_overrides(RunConfig(), {**TINY, **DECODERS[decoder][0], "variant": variant,
-                                        **hparams})
-    path = execute(cfg, tmp_path)
-    return json.loads((path / "metrics.json").read_text()), path
-
-
-def stable(metrics):
-    return {k: v for k, v in metrics.items() if k not in VOLATILE}
+    return tiny_run(tmp_path, variant, decoder, **hparams)
 
 
 def model_for(v, decoder="mlp", d=64, latent=8):
