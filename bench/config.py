@@ -55,6 +55,10 @@ class ModelConfig:
                            "al. 2016 section 5: 50 above 100); 0: one stochastic layer", low=0)
     latent2_hidden: tuple[int, ...] = widths(
         (100, 100), "hidden widths of q(h2|h1), mirrored in p(h1|h2) (Burda et al.: 100-100)")
+    posterior_scale: str = fld("exp", "how the encoder gives the Gaussian posterior's scale: exp "
+                               "(its output is log sigma^2, Kingma & Welling 2014) or softplus "
+                               "(sigma = softplus(output), Davidson et al. 2018's code)",
+                               choices=("exp", "softplus"))
     init: str = fld("default", "weight initialization: default (torch's nn.Linear) or glorot "
                     "(Burda et al. 2016's code: Glorot-uniform weights, zero biases, the decoder's "
                     "output bias the logit of the training split's mean pixel, clipped to "
@@ -92,6 +96,20 @@ class TrainConfig:
                             "the validation hold-out (0: all of them): a CPU-budget knob", low=0)
     compile: bool = fld(False, "fast mode: torch.compile the model's training forward and backward "
                         "(with CUDA graphs on a GPU); equal to eager up to float rounding")
+    patience: int = fld(0, "early stopping: stop once train.monitor has gone this many epochs "
+                        "without a new best (Davidson et al. 2018: 50); 0: off. With it or "
+                        "train.lr_decay_patience, train.epochs is the cap and the best-on-"
+                        "validation weights are evaluated (bench/convergence.py)", low=0)
+    lr_decay_patience: int = fld(0, "learning-rate decay on plateau as He et al. 2019's image "
+                                 "script: after this many epochs worse than the best, lr x "
+                                 "train.lr_decay, the best weights reloaded, fresh optimizers; "
+                                 "0: off", low=0)
+    lr_decay: float = fld(0.5, "the factor of each learning-rate decay (He et al.: 0.5)",
+                          low=0.0, low_open=True, high=1.0)
+    max_decays: int = fld(0, "stop at this many learning-rate decays (He et al.: 5); 0: no limit",
+                          low=0)
+    monitor: str = fld("val_neg_elbo", "the validation quantity the convergence protocol "
+                       "watches (lower is better)", choices=("val_neg_elbo",))
 
 
 @dataclass(frozen=True)
@@ -236,6 +254,17 @@ def resolve(cfg: RunConfig) -> RunConfig:
     train = cfg.train
     if train.validation_size < 0:
         train = dataclasses.replace(train, validation_size=datasets.validation_size(cfg.dataset))
+    if (train.patience or train.lr_decay_patience) and not train.validation_size:
+        raise ConfigError("train.patience / train.lr_decay_patience watch the validation split; "
+                          "allowed with train.validation_size > 0 (or -1: the dataset decides)")
+    if train.max_decays and not train.lr_decay_patience:
+        raise ConfigError("train.max_decays is set but no decay happens; allowed: with "
+                          "train.lr_decay_patience > 0")
+    if model.posterior_scale != "exp" and (model.latent2_dim or variant.latent(1).param_size
+                                           != 2 * variant.latent(1).dim):
+        raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
+                          f"allowed for variant {cfg.variant!r}"
+                          f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
     variant.check_protocol(train)
     return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
 
@@ -277,7 +306,10 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 #: fields added after runs were recorded: part of a run's identity only when not at the default
 HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train", "lr_schedule"),
                         ("train", "adam_beta1"), ("train", "adam_beta2"), ("train", "adam_eps"),
-                        ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"))
+                        ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"),
+                        ("train", "patience"), ("train", "lr_decay_patience"),
+                        ("train", "lr_decay"), ("train", "max_decays"), ("train", "monitor"),
+                        ("model", "posterior_scale"))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"),)
 

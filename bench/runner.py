@@ -21,6 +21,7 @@ from variants.factory import build_vae
 
 from . import data as data_mod
 from . import datasets, numerics
+from .checkpoints import Checkpoints
 from .config import (
     SUITE_VERSION,
     RunConfig,
@@ -31,10 +32,11 @@ from .config import (
     to_dict,
     variant_source,
 )
+from .convergence import Convergence
 from .metrics import evaluate, validation_diagnostics, validation_minibatch_mi
 from .results import ensure_writable, environment, read_json, run_lock, write_run
 from .seeding import Streams, derive, set_deterministic
-from .train import Checkpoints, fit
+from .train import fit
 
 
 def check_device(device: str) -> torch.device:
@@ -67,12 +69,12 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
+        scale = {"posterior_scale": m.posterior_scale} if m.posterior_scale != "exp" else {}
         model = build_vae(variant, dataset.input_dim, m.latent_dim,
-                                latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
-                                hidden=m.hidden,
-                                decoder_hidden=m.decoder_hidden, activation=m.activation,
-                                likelihood=dataset.likelihood, decoder=m.decoder,
-                                **decoder_options(cfg, dataset))
+                          latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
+                          hidden=m.hidden, decoder_hidden=m.decoder_hidden,
+                          activation=m.activation, likelihood=dataset.likelihood,
+                          decoder=m.decoder, **scale, **decoder_options(cfg, dataset))
         if m.init == "glorot":
             glorot_init(model, dataset)
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
@@ -225,14 +227,15 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
                      lr_schedule=cfg.train.lr_schedule, checkpoints=checkpoints,
                      clip=cfg.train.clip, minibatch_mi=minibatch_mi,
                      adam={"betas": (cfg.train.adam_beta1, cfg.train.adam_beta2),
-                           "eps": cfg.train.adam_eps})
+                           "eps": cfg.train.adam_eps},
+                     convergence=Convergence.from_config(cfg.train))
     metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
                "pretrained_decoder": pre[0] if pre else None,
                "train_seconds": result.train_seconds,
                "diagnostics_seconds": result.diagnostics_seconds,
                "train_samples_per_s": result.steps * cfg.train.batch_size
-               / max(result.train_seconds, 1e-9)}
+               / max(result.train_seconds, 1e-9), **(result.convergence or {})}
     if result.status == "ok":
         start = time.perf_counter()
         metrics.update(evaluate(model, dataset.test.to(dtype=dtype, device=device),

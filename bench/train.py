@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import Checkpoints, restore, snapshot
 from .config import TrainConfig
+from .convergence import Convergence
 from .data import binarize
 from .seeding import Streams
 
@@ -29,6 +27,8 @@ class FitResult:
     train_seconds: float = 0.0  # training alone, without the per-epoch diagnostics
     diagnostics_seconds: float = 0.0
     steps: int = 0
+    stopped_epoch: int = 0
+    convergence: dict | None = None  # where and why the protocol stopped (``bench.convergence``)
 
 
 def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
@@ -241,7 +241,8 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
         streams, dynamic_binarization: bool, progress: bool = False,
         compile: bool = False, epoch_end=None, lr_schedule: str = "constant",
         adam: dict | None = None, checkpoints: Checkpoints | None = None,
-        clip: float = DEFAULT_CLIP, minibatch_mi=None) -> FitResult:
+        clip: float = DEFAULT_CLIP, minibatch_mi=None,
+        convergence: Convergence | None = None) -> FitResult:
     """Adam on the variant's loss. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
@@ -251,8 +252,11 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     (``epoch_lr``) and is recorded in the row. With ``checkpoints``, training resumes from the
     latest readable checkpoint and writes one every ``checkpoints.every`` epochs. Every optimizer
     step clips the gradient norm at ``clip``; ``minibatch_mi(batch)`` is the validation MI a
-    procedure may read (``Trainer.minibatch_mi``).
+    procedure may read (``Trainer.minibatch_mi``). With an active ``convergence`` protocol
+    (``bench.convergence``), each epoch's row decides whether to go on, decay the learning rate
+    or stop, and the model ends with the best-on-validation weights.
     """
+    conv = convergence or Convergence()
     net = compile_model(model) if compile else model
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
@@ -263,15 +267,16 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     trainer.optimizer()  # the model's optimizer exists from the start, as before
     trainer.remember_initial()
     result, step, first, before = FitResult(), 0, 1, 0.0
+    variant.steps_per_epoch = per_epoch
     state = checkpoints.latest() if checkpoints is not None else None
     if state is not None:
-        first, step, before = restore(state, trainer, variant, streams, result)
+        first, step, before = restore(state, trainer, variant, streams, result, conv)
     bar = tqdm(total=total, initial=step, disable=not progress, unit="step", leave=False)
     start = time.perf_counter() - before
     model.train()
     for epoch in range(first, epochs + 1):
         trainer.epoch = epoch
-        trainer.set_lr(base=epoch_lr(lr_schedule, lr, epoch))
+        trainer.set_lr(base=epoch_lr(lr_schedule, lr, epoch) * conv.factor)
         order = torch.randperm(n, generator=streams.data).to(train_x.device)
         x_all = binarize(train_x.cpu(), streams.binarize).to(train_x.device) \
             if dynamic_binarization else train_x
@@ -307,91 +312,24 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
             result.diagnostics_seconds += row["diagnostics_seconds"]
         trainer.step = step
         row.update(variant.epoch_end(trainer, row))
+        action = conv.after_epoch(epoch, row, trainer.weights) if conv.active else ""
         result.history.append(row)
+        result.stopped_epoch = epoch
         bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
+        if action == "stop":
+            break
+        if action == "decay":  # He et al.: the best weights back, fresh optimizers
+            trainer.load_weights(conv.best_weights)
+            trainer._optimizers.clear()
         if checkpoints is not None and checkpoints.every and epoch % checkpoints.every == 0 \
                 and epoch < epochs:
             checkpoints.save(epoch, snapshot(epoch, step, trainer, variant, streams, result,
-                                             time.perf_counter() - start))
+                                             time.perf_counter() - start, conv))
     bar.close()
+    if conv.active:
+        if conv.best_weights is not None:  # the best-on-validation weights are evaluated
+            trainer.load_weights(conv.best_weights)
+        result.convergence = conv.summary(result.stopped_epoch, result.status)
     result.train_seconds = time.perf_counter() - start - result.diagnostics_seconds
     result.steps = step
     return result
-
-
-# ---- mid-run checkpoints ----------------------------------------------------------------------
-def snapshot(epoch: int, step: int, trainer: Trainer, variant, streams, result: FitResult,
-             seconds: float) -> dict:
-    """Everything training needs to go on exactly as if never stopped: weights, every optimizer,
-    every random stream (the run's named ones and torch's global one), the history so far, the
-    variant's state and the weights the run started from. Tensors, numbers, strings, lists
-    and dicts only, so it loads with ``weights_only=True``."""
-    rng = {name: getattr(streams, name).get_state() for name in vars(streams)}
-    rng["global"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"epoch": epoch, "step": step, "model": trainer.model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in trainer._optimizers.items()},
-            "lr": trainer.lr, "factor": trainer._factor, "initial": trainer._initial,
-            "rng": rng, "history": result.history, "variant": variant.state(),
-            "seconds": seconds, "diagnostics_seconds": result.diagnostics_seconds}
-
-
-def restore(state: dict, trainer: Trainer, variant, streams, result: FitResult):
-    """Load a ``snapshot``; returns (first epoch to train, step, seconds trained before)."""
-    trainer.model.load_state_dict(state["model"])
-    trainer._initial = state["initial"]
-    trainer._optimizers.clear()
-    trainer.lr, trainer._factor = state["lr"], state["factor"]
-    for part, sd in state["optimizers"].items():
-        trainer.optimizer(part).load_state_dict(sd)
-    for name, st in state["rng"].items():
-        if name == "global":
-            torch.set_rng_state(st)
-        elif name == "cuda":
-            torch.cuda.set_rng_state_all(st)
-        else:
-            getattr(streams, name).set_state(st)
-    variant.load_state(state["variant"])
-    result.history = list(state["history"])
-    result.diagnostics_seconds = state["diagnostics_seconds"]
-    return state["epoch"] + 1, state["step"], state["seconds"]
-
-
-class Checkpoints:
-    """Checkpoints of one run in their own folder beside it, ``epoch-NNNNNN.pt``, each written
-    to a temporary file and renamed into place (atomic); the latest two are kept. ``latest()``
-    returns the newest one that loads (``weights_only=True``); one that does not is reported on
-    stderr, in one line, and the one before it is tried, then a start from zero: never a
-    silent resume from garbage."""
-
-    def __init__(self, folder, every: int, keep: int = 2):
-        self.folder, self.every, self.keep = Path(folder), every, keep
-
-    def files(self) -> list:
-        return sorted(self.folder.glob("epoch-*.pt")) if self.folder.is_dir() else []
-
-    def latest(self) -> dict | None:
-        for path in reversed(self.files()):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # truncated, corrupt, or not a checkpoint
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                print(f"vae-bench: checkpoint {path} is unreadable ({first[:120]}); "
-                      "using the one before it, or starting from zero", file=sys.stderr)
-        return None
-
-    def save(self, epoch: int, state: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"epoch-{epoch:06d}.pt"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        for old in self.files()[:-self.keep]:
-            old.unlink()
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
 from bench.runner import build_model, checkpoint_dir, execute, load_dataset, run_name
-from bench.train import Checkpoints, burda_stage, epoch_lr
+from bench.train import burda_stage, epoch_lr
 
 ROOT = Path(__file__).parents[1]
 TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "32", "model.latent_dim": 8,

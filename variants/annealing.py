@@ -9,6 +9,8 @@
   position tau of each cycle).
 
 The schedules are pure functions of the step; ``warmup = 0`` gives w = 1 throughout, i.e. `vae`.
+``warmup_epochs`` counts the ramp in epochs (``Variant.steps_per_epoch``) for runs whose length
+the convergence protocol decides.
 
 Reference code vs the shared protocol: Bowman et al. anneal an LSTM text model trained with SGD;
 He et al.'s image script (and Li et al., BN-VAE) ramp linearly over their first 10 epochs, He et
@@ -49,6 +51,9 @@ class KLAnnealing(Variant):
         "ratio": Param(0.5, "cyclical: fraction R of each cycle spent ramping", low=0.0, high=1.0),
         "lr_restarts": Param(False, "cyclical: also restart a cosine learning rate every cycle "
                              "(Fu et al.'s PTB script)", late=True),
+        "warmup_epochs": Param(0, "linear/sigmoid: ramp over this many epochs instead of a "
+                               "fraction of the run (Davidson et al. 2018: 100; a run that stops "
+                               "early has no known length); 0: use warmup", low=0, late=True),
     }
 
     neutral = {"schedule": "linear", "warmup": 0.0}
@@ -57,7 +62,8 @@ class KLAnnealing(Variant):
         kind, hp = self.hp["schedule"], self.hp
         if kind == "cyclical":
             return cyclical(step, total_steps, hp["cycles"], hp["ratio"])
-        ramp = hp["warmup"] * total_steps
+        ramp = hp["warmup_epochs"] * self.steps_per_epoch if hp["warmup_epochs"] \
+            else hp["warmup"] * total_steps
         return linear(step, ramp) if kind == "linear" else sigmoid(step, ramp)
 
 

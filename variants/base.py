@@ -107,6 +107,9 @@ class Variant:
     #: None where the variant works with two stochastic layers (``variants.hierarchy``), else why
     #: not (a Gaussian latent without a posterior head is checked there; this is for the rest)
     two_layers: ClassVar[str | None] = None
+    #: optimizer steps per epoch of the run being trained, set by the harness before training
+    #: (``bench.train.fit``): for schedules counted in epochs
+    steps_per_epoch: int = 0
 
     def __init__(self, **hparams: object):
         unknown = sorted(set(hparams) - set(self.params))

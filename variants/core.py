@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -90,6 +91,23 @@ class NoEncoder(nn.Module):
         return x.new_zeros(len(x), 0)
 
 
+class SoftplusScale(nn.Module):
+    """The encoder's last step when the posterior scale is a softplus (Davidson et al. 2018's
+    code: sigma = softplus(linear output)): [mu, r] -> [mu, log sigma^2 = 2 log softplus(r)],
+    so every consumer keeps reading (mu, log-variance). For r < -20, log softplus(r) = r to
+    within float64 rounding (log1p(e^r) = e^r (1 - e^r / 2 + ...)), which also keeps it finite
+    where softplus underflows."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, params: Tensor) -> Tensor:
+        mu, r = params[..., :self.dim], params[..., self.dim:]
+        log_sigma = torch.where(r < -20, r, F.softplus(r.clamp_min(-20)).log())
+        return torch.cat([mu, 2 * log_sigma], -1)
+
+
 class VAE(nn.Module):
     """Encoder x -> latent parameters, latent family, decoder z -> likelihood of x.
 
@@ -101,7 +119,8 @@ class VAE(nn.Module):
     def __init__(self, input_dim: int, latent, hidden: Sequence[int] = (200, 200),
                  decoder_hidden: Sequence[int] | None = None, activation: str = "tanh",
                  likelihood: str = "bernoulli", decoder: str = "mlp",
-                 head: nn.Module | None = None, **decoder_options):
+                 head: nn.Module | None = None, posterior_scale: str = "exp",
+                 **decoder_options):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood {likelihood!r} unknown; allowed: {', '.join(LIKELIHOODS)}")
@@ -113,6 +132,10 @@ class VAE(nn.Module):
         dec_hidden = tuple(hidden)[::-1] if decoder_hidden is None else tuple(decoder_hidden)
         self.encoder = nn.Sequential(*mlp(input_dim, hidden, latent.param_size, activation)) \
             if latent.param_size else NoEncoder()
+        if posterior_scale == "softplus" and latent.param_size:
+            self.encoder.append(SoftplusScale(latent.dim))  # no parameters: names unchanged
+        elif posterior_scale != "exp":
+            raise ValueError(f"posterior_scale {posterior_scale!r} unknown; allowed: exp, softplus")
         self.head = head  # the variant's posterior parameterization, if any
         self.decoder = make_decoder(decoder, latent.dim, input_dim, hidden=dec_hidden,
                                     activation=activation, **decoder_options)

@@ -64,6 +64,18 @@ def _clip(train: dict) -> str:
     return f"gradient norm clipped at {clip:g}" if clip else "no gradient clipping"
 
 
+def _protocol(train: dict) -> str:
+    parts = [f"cap {train.get('epochs')} epochs"]
+    if train.get("patience"):
+        parts.append(f"early stopping after {train['patience']} epochs without a new best "
+                     f"{train.get('monitor', 'val_neg_elbo')}")
+    if train.get("lr_decay_patience"):
+        parts.append(f"lr x {train.get('lr_decay')} after {train['lr_decay_patience']} epochs "
+                     f"worse than the best, stop at {train.get('max_decays') or 'no limit of'} "
+                     "decays")
+    return "; ".join(parts)
+
+
 def _train_points(train: dict) -> str:
     n = train.get("train_points")
     return f" on the first {n} points of the training split" if n else ""
@@ -161,6 +173,10 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
         f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
+    if "stop_reason" in summary and summary["stop_reason"].notna().any():
+        lines += ["", f"stopped: the convergence protocol ({_protocol(train)}); converged = "
+                  "stopped by its rule, capped = reached the epoch cap first. Every metric is "
+                  "of the best-on-validation weights (bench/convergence.py)."]
     bad = summary[summary["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]

@@ -68,6 +68,8 @@ def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
             if col == "active_units" and "active_units_by_layer" in summary:
                 rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
+        if "stop_reason" in summary and summary["stop_reason"].notna().any():
+            rec["stopped"] = _stopped(rows)
         if baseline:  # mean over mean, then the range of the seed-by-seed ratios
             cost = rows["train_seconds"].astype(float).mean() / base_seconds if len(rows) \
                 else np.nan
@@ -77,6 +79,20 @@ def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
             rec[f"cost (x {baseline})"] = "n/a" if np.isnan(cost) else f"{cost:.2f}{spread}"
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _stopped(rows: pd.DataFrame) -> str:
+    """How the convergence protocol ended a configuration's runs: "converged 3/3, epochs 41–57"
+    (the rule fired), with how many hit the epoch cap instead ("capped 1")."""
+    if rows.empty or "stop_reason" not in rows:
+        return "n/a"
+    reasons = rows["stop_reason"].fillna("cap")
+    done = reasons.isin(("patience", "decays")).sum()
+    epochs = rows["stopped_epoch"].dropna().astype(int)
+    span = (f", epoch {epochs.min()}" if epochs.min() == epochs.max()
+            else f", epochs {epochs.min()}–{epochs.max()}") if len(epochs) else ""
+    capped = (reasons == "cap").sum()
+    return f"converged {done}/{len(rows)}{span}" + (f"; capped {capped}" if capped else "")
 
 
 def _by_layer(values: pd.Series) -> str:

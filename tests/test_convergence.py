@@ -1,0 +1,181 @@
+"""The convergence protocol: early stopping, He et al.'s decay on plateau, the best weights
+evaluated, and an early-stopped run resumed from its checkpoint to identical numbers."""
+
+import json
+
+import pytest
+import torch
+
+from bench.checkpoints import Checkpoints
+from bench.config import RunConfig, apply_overrides, resolve
+from bench.convergence import Convergence
+from bench.runner import checkpoint_dir, execute, run_name
+from variants.base import ConfigError
+
+TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "16", "model.latent_dim": 4,
+        "eval.is_samples": 10}
+VOLATILE = {"train_seconds", "train_samples_per_s", "eval_seconds", "run_id",
+            "diagnostics_seconds"}
+
+
+def drive(conv: Convergence, values: list[float]) -> list[str]:
+    """The protocol's actions on a scripted sequence of validation values; weights are the
+    epoch number, so the kept best weights say which epoch they came from."""
+    actions = []
+    for epoch, v in enumerate(values, 1):
+        actions.append(conv.after_epoch(epoch, {"val_neg_elbo": v}, lambda e=epoch: {"w": e}))
+        if actions[-1] == "stop":
+            break
+    return actions
+
+
+def test_early_stopping_counts_epochs_without_a_new_best():
+    conv = Convergence(patience=3)
+    # epoch 4 ties the best (no new best: it counts), epoch 5 is a new best
+    assert drive(conv, [5, 4, 4.5, 4.0, 3.9, 4.1, 4.0, 3.95, 1.0]) == \
+        ["", "", "", "", "", "", "", "stop"]
+    assert (conv.best, conv.best_epoch, conv.best_weights) == (3.9, 5, {"w": 5})
+    assert conv.summary(8, "ok") == {"stop_reason": "patience", "converged": True,
+                                     "best_epoch": 5, "stopped_epoch": 8, "lr_decays": 0}
+    tie = Convergence(patience=3)
+    assert drive(tie, [5, 4, 4.5, 4.0, 4.2]) == ["", "", "", "", "stop"]
+
+
+def test_decay_on_plateau_follows_he_et_al():
+    """image.py: an epoch worse than the best counts, one that is not (a tie included) resets
+    the count; at lr_decay_patience the lr is halved (best weights back, fresh optimizers); the
+    run stops at the max_decays-th decay."""
+    conv = Convergence(lr_decay_patience=2, max_decays=2)
+    acts = drive(conv, [5, 4, 4.5, 4.0, 4.6, 4.7, 3.0, 3.5, 3.6, 9])
+    assert acts == ["", "", "", "", "", "decay", "", "", "stop"]
+    assert conv.factor == 0.25 and conv.decays == 2 and conv.best_epoch == 7
+    assert conv.summary(9, "ok")["stop_reason"] == "decays"
+
+
+def test_a_run_that_never_stops_is_capped():
+    conv = Convergence(patience=5)
+    drive(conv, [5, 4, 3, 2])
+    assert conv.summary(4, "ok") == {"stop_reason": "cap", "converged": False, "best_epoch": 4,
+                                     "stopped_epoch": 4, "lr_decays": 0}
+
+
+def test_the_protocol_needs_a_validation_split_and_a_decay_for_max_decays():
+    with pytest.raises(ConfigError, match="watch the validation split"):
+        resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 2,
+                                              "train.validation_size": 0}))
+    with pytest.raises(ConfigError, match="train.max_decays is set but no decay happens"):
+        resolve(apply_overrides(RunConfig(), {**TINY, "train.max_decays": 2}))
+
+
+def test_protocol_keys_stay_out_of_the_run_id_at_their_defaults():
+    from bench.config import run_id
+
+    plain = resolve(apply_overrides(RunConfig(), TINY))
+    same = resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 0,
+                                                 "train.lr_decay": 0.5}))
+    assert run_id(plain) == run_id(same)
+    assert run_id(resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 3}))) \
+        != run_id(plain)
+
+
+def metrics(path):
+    return {k: v for k, v in json.loads((path / "metrics.json").read_text()).items()
+            if k not in VOLATILE}
+
+
+def test_an_early_stopped_run_evaluates_its_best_epoch_weights(tmp_path):
+    """The protocol's run equals, metric for metric, a plain run of as many epochs as its best
+    epoch: same trajectory up to there, then the evaluation of those weights."""
+    over = {**TINY, "train.epochs": 40, "train.patience": 2, "train.lr": 0.03}
+    path = execute(apply_overrides(RunConfig(), over), tmp_path / "a")
+    m = metrics(path)
+    assert m["stop_reason"] == "patience" and m["converged"] is True
+    assert m["stopped_epoch"] == m["best_epoch"] + 2 < 40
+    rows = (path / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + m["stopped_epoch"] and "best" in rows[0].split(",")
+    plain_path = execute(apply_overrides(RunConfig(), {**TINY, "train.lr": 0.03,
+                                                       "train.epochs": m["best_epoch"]}),
+                         tmp_path / "b")
+    plain = metrics(plain_path)
+    for key in ("neg_elbo", "nll_is", "kl", "mutual_info", "active_units"):
+        assert m[key] == plain[key], key
+    saved = torch.load(path / "model.pt", weights_only=True)
+    best = torch.load(plain_path / "model.pt", weights_only=True)
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
+
+
+def test_an_early_stopped_run_killed_after_a_checkpoint_resumes_to_identical_numbers(tmp_path):
+    """Stopped by an exception right after its checkpoint (the files a SIGKILL leaves), with a
+    decay on plateau already behind it, then resumed: the best weights, the counts and the
+    learning-rate factor come back from the checkpoint, and the record is the uninterrupted
+    run's."""
+    over = {**TINY, "train.epochs": 40, "train.lr": 0.03, "train.lr_decay_patience": 1,
+            "train.max_decays": 3}
+    whole = metrics(execute(apply_overrides(RunConfig(), over), tmp_path / "whole"))
+    assert whole["stop_reason"] == "decays" and whole["stopped_epoch"] > 4
+    cut = whole["stopped_epoch"] - 2
+    cfg = resolve(apply_overrides(RunConfig(), {**over, "train.checkpoint_every": 1}))
+    from bench import runner
+
+    real_fit = runner.fit
+
+    class Stop(Exception):
+        pass
+
+    def fit_until_cut(*args, **kwargs):
+        ckpt, save = kwargs["checkpoints"], kwargs["checkpoints"].save
+
+        def save_then_stop(epoch, state):
+            save(epoch, state)
+            if epoch == cut:
+                raise Stop
+
+        ckpt.save = save_then_stop
+        return real_fit(*args, **kwargs)
+
+    runner.fit = fit_until_cut
+    try:
+        with pytest.raises(Stop):
+            execute(cfg, tmp_path / "part")
+    finally:
+        runner.fit = real_fit
+    state = Checkpoints(checkpoint_dir(tmp_path / "part" / run_name(cfg)), 1).latest()
+    assert state["epoch"] == cut and state["convergence"]["decays"] >= 1
+    resumed = metrics(execute(cfg, tmp_path / "part"))
+    assert resumed == whole
+
+
+def test_the_report_marks_runs_converged_or_capped(tmp_path):
+    from bench.report import write_report
+    from bench.suite import load_profile, run_suite
+
+    (tmp_path / "conv.toml").write_text("""
+[profile]
+description = "protocol"
+seeds = [0]
+
+[defaults]
+dataset = "digits"
+dtype = "float64"
+"model.hidden" = [16]
+"model.latent_dim" = 4
+"eval.is_samples" = 10
+"train.lr" = 0.03
+"train.epochs" = 40
+"train.patience" = 2
+
+[[config]]
+label = "vae"
+variant = "vae"
+
+[[config]]
+label = "capped"
+variant = "vae"
+"train.epochs" = 2
+""")
+    profile = load_profile(str(tmp_path / "conv.toml"))
+    assert run_suite(profile, tmp_path / "results", progress=False)["ok"] == 2
+    write_report(profile, tmp_path / "results", tmp_path / "reports")
+    report = (tmp_path / "reports" / "conv.md").read_text()
+    assert "| converged 1/1, epoch " in report and "| converged 0/1, epoch 2; capped 1 |" in report
+    assert "early stopping after 2 epochs without a new best val_neg_elbo" in report
