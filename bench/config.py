@@ -110,6 +110,8 @@ class TrainConfig:
                           low=0)
     monitor: str = fld("val_neg_elbo", "the validation quantity the convergence protocol "
                        "watches (lower is better)", choices=("val_neg_elbo",))
+    protocol_from: int = fld(1, "the first epoch the convergence protocol watches (after a KL "
+                             "warm-up of N epochs: N + 1)", low=1)
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,7 @@ HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train
                         ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"),
                         ("train", "patience"), ("train", "lr_decay_patience"),
                         ("train", "lr_decay"), ("train", "max_decays"), ("train", "monitor"),
+                        ("train", "protocol_from"),
                         ("model", "posterior_scale"))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"),)

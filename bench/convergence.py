@@ -13,7 +13,9 @@ validation -ELBO, lower is better) at every epoch end and:
   than the best (reset by any epoch that is not worse); when it reaches ``lr_decay_patience``,
   the learning rate is multiplied by ``lr_decay``, the best weights are reloaded and the
   optimizers start afresh; training stops at the ``max_decays``-th decay (theirs: 0.5, 5);
-- ``train.epochs`` is the cap.
+- ``train.epochs`` is the cap; ``train.protocol_from`` is the first epoch watched (before it
+  nothing is counted and no best is kept: a KL warm-up, whose objective is not yet the ELBO;
+  Li et al.'s script starts its decay rule at epoch 15 likewise).
 
 Every run records where and why it stopped: ``stop_reason`` is ``patience`` or ``decays`` (the
 rule fired: converged), ``cap`` (the epoch cap came first) or ``diverged``; ``best_epoch`` and
@@ -37,6 +39,7 @@ class Convergence:
     lr_decay: float = 0.5
     max_decays: int = 0
     monitor: str = "val_neg_elbo"
+    start: int = 1  # the first epoch watched (``train.protocol_from``)
     best: float = math.inf
     best_epoch: int = 0
     bad: int = 0  # epochs since the best (early stopping)
@@ -49,7 +52,7 @@ class Convergence:
     @classmethod
     def from_config(cls, train) -> Convergence:
         return cls(train.patience, train.lr_decay_patience, train.lr_decay, train.max_decays,
-                   train.monitor)
+                   train.monitor, train.protocol_from)
 
     @property
     def active(self) -> bool:
@@ -59,6 +62,9 @@ class Convergence:
         """Update on an epoch's history row; ``weights()`` gives a copy of the model's weights.
         Returns what to do: "" (go on), "decay" (reload the best weights, fresh optimizers, the
         learning rate times ``factor``) or "stop"."""
+        if epoch < self.start:  # e.g. a KL warm-up: the objective is not yet the ELBO
+            row.update({"best": None, "bad_epochs": None})
+            return ""
         value = row.get(self.monitor)
         if value is None or not math.isfinite(value):
             raise ValueError(f"train.monitor {self.monitor!r} is not a finite history value "

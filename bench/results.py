@@ -94,7 +94,9 @@ def environment(device: str, deterministic: dict, digests: dict) -> dict:
 def history_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        # every column any row has, in order of appearance (rows may gain columns mid-run)
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue()

@@ -179,3 +179,10 @@ variant = "vae"
     report = (tmp_path / "reports" / "conv.md").read_text()
     assert "| converged 1/1, epoch " in report and "| converged 0/1, epoch 2; capped 1 |" in report
     assert "early stopping after 2 epochs without a new best val_neg_elbo" in report
+
+
+def test_the_protocol_watches_from_its_first_epoch():
+    conv = Convergence(patience=2, start=4)
+    # epochs 1-3 (a warm-up) are not watched: their better values are no best
+    assert drive(conv, [1, 1, 1, 5, 4, 4.5, 4.6]) == ["", "", "", "", "", "", "stop"]
+    assert conv.best_epoch == 5 and conv.best == 4

@@ -105,14 +105,23 @@ def _by_layer(values: pd.Series) -> str:
 
 
 def published_table(profile: Profile, summary: pd.DataFrame) -> pd.DataFrame:
+    """Ours (mean ± sd over seeds) beside each published number; where the profile states a
+    ``tolerance``, the difference and whether it is reached ("missed" otherwise)."""
     ok = summary[summary["status"] == "ok"]
     rows = []
     for pub in profile.published:
         vals = ok.loc[ok["label"] == pub["label"], pub["metric"]].astype(float)
-        rows.append({"configuration": pub["label"], "metric": TITLES.get(pub["metric"],
-                                                                          pub["metric"]),
-                     "ours": _fmt(vals.mean(), vals.std(ddof=1), 2), "published": pub["value"],
-                     "source": pub["source"], "their protocol": pub["protocol"]})
+        row = {"configuration": pub["label"], "metric": TITLES.get(pub["metric"],
+                                                                   pub["metric"]),
+               "ours": _fmt(vals.mean(), vals.std(ddof=1), 2), "published": pub["value"]}
+        if any("tolerance" in p for p in profile.published):
+            tol = pub.get("tolerance")
+            diff = vals.mean() - float(pub["value"]) if len(vals) else np.nan
+            row["ours − published"] = "n/a" if np.isnan(diff) else f"{diff:+.2f}"
+            row["target"] = "-" if tol is None else f"±{tol:g}"
+            row["reached"] = "-" if tol is None or np.isnan(diff) else \
+                ("yes" if abs(diff) <= tol else "missed")
+        rows.append({**row, "source": pub["source"], "their protocol": pub["protocol"]})
     return pd.DataFrame(rows)
 
 
