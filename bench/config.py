@@ -55,6 +55,8 @@ class ModelConfig:
                            "al. 2016 section 5: 50 above 100); 0: one stochastic layer", low=0)
     latent2_hidden: tuple[int, ...] = widths(
         (100, 100), "hidden widths of q(h2|h1), mirrored in p(h1|h2) (Burda et al.: 100-100)")
+    obs_var: float = fld(0.0, "Gaussian likelihood: a fixed observation variance sigma^2 (Lucas et "
+                         "al. 2019's linear VAE); 0: sigma^2 learned", low=0.0)
     posterior_scale: str = fld("exp", "how the encoder gives the Gaussian posterior's scale: exp "
                                "(its output is log sigma^2, Kingma & Welling 2014) or softplus "
                                "(sigma = softplus(output), Davidson et al. 2018's code)",
@@ -262,6 +264,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if train.max_decays and not train.lr_decay_patience:
         raise ConfigError("train.max_decays is set but no decay happens; allowed: with "
                           "train.lr_decay_patience > 0")
+    if model.obs_var and datasets.likelihood(cfg.dataset) != "gaussian":
+        raise ConfigError(f"model.obs_var={model.obs_var:g} needs a Gaussian likelihood; "
+                          "allowed datasets: linear-gaussian, mnist-grey")
     if model.posterior_scale != "exp" and (model.latent2_dim or variant.latent(1).param_size
                                            != 2 * variant.latent(1).dim):
         raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
@@ -312,7 +317,7 @@ HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train
                         ("train", "patience"), ("train", "lr_decay_patience"),
                         ("train", "lr_decay"), ("train", "max_decays"), ("train", "monitor"),
                         ("train", "protocol_from"),
-                        ("model", "posterior_scale"))
+                        ("model", "posterior_scale"), ("model", "obs_var"))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"),)
 

@@ -51,7 +51,10 @@ MODEL_DEFAULTS = {"linear-gaussian": {"decoder_hidden": (), "latent_dim": 5}}
 # Points held out of each training split for validation (``train.validation_size = -1``): enough
 # for a pooled mutual information with a bound log N well above the nats a model carries near
 # collapse, cheap enough to evaluate every epoch (digits: an eighth of its 1497 points).
-VALIDATION_SIZES = {"mnist": 2000, "fashion-mnist": 2000, "digits": 197, "linear-gaussian": 500}
+VALIDATION_SIZES = {"mnist": 2000, "fashion-mnist": 2000, "digits": 197, "linear-gaussian": 500,
+                    "mnist-grey": 2000}
+#: datasets modelled with a Gaussian likelihood (the rest: Bernoulli)
+LIKELIHOODS = {"linear-gaussian": "gaussian", "mnist-grey": "gaussian"}
 VALIDATION_SEED = 20151007  # which points are held out: fixed, independent of every run seed
 
 
@@ -178,6 +181,7 @@ def available_source(name: str, root: Path) -> str | None:
     """Where ``name`` would be loaded from, without loading it (None: nowhere offline); a
     DataError, in the words ``load`` would use, for an incomplete IDX set that ``load`` would
     refuse."""
+    name = name.removesuffix("-grey")  # the grey levels come from the same files
     if name in ("digits", "linear-gaussian"):
         return "bundled with scikit-learn" if name == "digits" else "generated"
     for src in sources(name, root)[:-1]:
@@ -227,7 +231,20 @@ def _image_dataset(name: str, train_u8: np.ndarray, test_u8: np.ndarray, scale: 
     test_p = torch.from_numpy(test_u8.reshape(len(test_u8), -1).astype(np.float32) / scale)
     test = binarize(test_p, torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
     digests = {**digests, "test_binarized": sha256(test.to(torch.uint8))}
-    return Dataset(name, train, test, "bernoulli", source, tuple(shape), digests)
+    out = Dataset(name, train, test, "bernoulli", source, tuple(shape), digests)
+    out.test_grey = test_p  # the test split before binarization (``load_grey``)
+    return out
+
+
+def load_grey(name: str, root: Path) -> Dataset:
+    """MNIST's grey levels in [0, 1] as continuous data for a Gaussian likelihood (Lucas et al.
+    2019's linear-VAE experiments): the same verified arrays, never binarized."""
+    binary = load_idx_dataset(name.removesuffix("-grey"), root)
+    test_digest = sha256(binary.test_grey)
+    return Dataset(name, binary.train, binary.test_grey, "gaussian", binary.source,
+                   binary.image_shape, {**{k: v for k, v in binary.digests.items()
+                                           if k != "test_binarized"}, "test": test_digest},
+                   dynamic_binarization=False)
 
 
 def load_idx_dataset(name: str, root: Path) -> Dataset:
@@ -307,6 +324,7 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "mnist": lambda root: load_idx_dataset("mnist", root),
     "fashion-mnist": lambda root: load_idx_dataset("fashion-mnist", root),
     "linear-gaussian": lambda root: load_linear_gaussian(),
+    "mnist-grey": lambda root: load_grey("mnist-grey", root),
 }
 
 

@@ -43,3 +43,8 @@ def digest(name: str) -> str | None:
     """sha256 of a dataset file (part of its runs' ids); None for a built-in dataset, whose
     arrays are verified against the digests in ``bench.data``."""
     return datafile.file_digest(name) if datafile.is_file(name) else None
+
+
+def likelihood(name: str) -> str:
+    """The likelihood a dataset is modelled with, without loading it."""
+    return "bernoulli" if datafile.is_file(name) else data.LIKELIHOODS.get(name, "bernoulli")

@@ -70,6 +70,8 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(cfg.seed, "init"))
         scale = {"posterior_scale": m.posterior_scale} if m.posterior_scale != "exp" else {}
+        if m.obs_var:
+            scale["obs_var"] = m.obs_var
         model = build_vae(variant, dataset.input_dim, m.latent_dim,
                           latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
                           hidden=m.hidden, decoder_hidden=m.decoder_hidden,
@@ -241,6 +243,7 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
         metrics.update(evaluate(model, dataset.test.to(dtype=dtype, device=device),
                                 cfg.eval.is_samples, cfg.eval.elbo_samples, cfg.eval.seed))
         metrics["eval_seconds"] = time.perf_counter() - start
+        metrics.update(collapse_law(cfg, dataset, metrics))
     else:
         metrics["last_finite"] = result.last_finite
         metrics["last_finite_epoch"] = result.history[-1] if result.history else None
@@ -250,6 +253,21 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
                      env=env, state_dict=state, previews=pics)
     checkpoints.clear()  # a finished run keeps only its final weights
     return path
+
+
+def collapse_law(cfg: RunConfig, dataset: data_mod.Dataset, metrics: dict) -> dict:
+    """For a linear Gaussian decoder with a fixed noise (``model.obs_var``) and one stochastic
+    layer: the closed-form predictions of Lucas et al.'s law (``bench.ppca``) beside what the run
+    measured (collapsed units = latent units that are not active, Var_x E[z|x] <= 0.01)."""
+    m = cfg.model
+    if not (m.obs_var and not m.decoder_hidden and not m.latent2_dim
+            and dataset.likelihood == "gaussian"):
+        return {}
+    from .ppca import law
+
+    out = law(dataset.train.double().numpy(), dataset.test.double().numpy(), m.latent_dim,
+              m.obs_var)
+    return {**out, "collapsed_measured": m.latent_dim - int(metrics["active_units"])}
 
 
 def checkpoint_dir(target: Path) -> Path:

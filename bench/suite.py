@@ -59,6 +59,8 @@ class Profile:
     #: profiles whose finished runs (under the same results directory) are copied in instead of
     #: trained again: runs are named by the hash of their config, so a match is the same run
     reuse: tuple[str, ...] = ()
+    #: metrics shown in the main table after the usual ones (mean ± sd over seeds)
+    columns: tuple[str, ...] = ()
 
 
 def profile_names() -> list[str]:
@@ -93,7 +95,7 @@ def load_profile(name_or_path: str) -> Profile:
         parent = load_profile(raw["inherits"])
         meta = {"description": parent.description, "seeds": list(parent.seeds),
                 "budget": parent.budget, "baseline": parent.baseline, "floor": parent.floor,
-                **raw.get("profile", {})}
+                "columns": list(parent.columns), **raw.get("profile", {})}
         defaults = {**parent.defaults, **raw.get("defaults", {})}
         configs = raw.get("config", list(parent.configs))
         published = raw.get("published", list(parent.published))
@@ -117,6 +119,10 @@ def load_profile(name_or_path: str) -> Profile:
     for g in groups:
         if not isinstance(g, dict) or "name" not in g:
             raise ConfigError(f"profile {name!r}: group {g!r} needs a name")
+    columns = meta.get("columns", [])
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+        raise ConfigError(f"profile {name!r}: columns={columns!r} is invalid; allowed: a list of "
+                          "metric names")
     reuse = meta.get("reuse", [])
     if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
         raise ConfigError(f"profile {name!r}: reuse={reuse!r} is invalid; allowed: a list of "
@@ -128,7 +134,8 @@ def load_profile(name_or_path: str) -> Profile:
                               f"allowed: {', '.join(labels)}")
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
-                   meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse))
+                   meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse),
+                   tuple(columns))
 
 
 def with_variants(profile: Profile, specs: list[str]) -> Profile:

@@ -120,7 +120,7 @@ class VAE(nn.Module):
                  decoder_hidden: Sequence[int] | None = None, activation: str = "tanh",
                  likelihood: str = "bernoulli", decoder: str = "mlp",
                  head: nn.Module | None = None, posterior_scale: str = "exp",
-                 **decoder_options):
+                 obs_var: float = 0.0, **decoder_options):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood {likelihood!r} unknown; allowed: {', '.join(LIKELIHOODS)}")
@@ -139,7 +139,9 @@ class VAE(nn.Module):
         self.head = head  # the variant's posterior parameterization, if any
         self.decoder = make_decoder(decoder, latent.dim, input_dim, hidden=dec_hidden,
                                     activation=activation, **decoder_options)
-        if likelihood == "gaussian":
+        if likelihood == "gaussian" and obs_var > 0:  # a fixed observation noise (Lucas et al.)
+            self.register_buffer("log_var", torch.tensor(math.log(obs_var)))
+        elif likelihood == "gaussian":
             self.log_var = nn.Parameter(torch.zeros(()))
 
     #: the modules of the generative model p(x, z) that a reset to the initial weights covers

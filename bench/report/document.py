@@ -99,8 +99,8 @@ def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
     out = []
     for g in groups or [None]:
         sub = summary if g is None else summary[summary["group"] == g]
-        out += ([f"### {g}", ""] if g else []) + [markdown(main_table(sub, profile.baseline)),
-                                                 ""]
+        table = main_table(sub, profile.baseline, profile.columns)
+        out += ([f"### {g}", ""] if g else []) + [markdown(table), ""]
         if profile.baseline:
             out += [f"cost: training seconds (validation diagnostics and evaluation excluded) "
                     f"relative to `{profile.baseline}`, mean over mean, and in brackets the range "
@@ -209,7 +209,7 @@ def write_report(profile: Profile, results: Path, reports: Path) -> list[Path]:
     reports.mkdir(parents=True, exist_ok=True)
     summary_path = Path(results) / profile.name / "summary.csv"
     summary.to_csv(summary_path, index=False, float_format=PRINTED)
-    table = main_table(summary, profile.baseline)
+    table = main_table(summary, profile.baseline, profile.columns)
     if "group" in summary and summary["group"].astype(bool).any():
         table.insert(0, "setting", summary.drop_duplicates("label")["group"].to_numpy())
     figs = figures(profile, summary, results, reports / profile.name)

@@ -48,7 +48,7 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
+def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -> pd.DataFrame:
     """Per configuration: seeds finished, and mean ± sd over seeds of the main metrics; with a
     ``baseline`` configuration, the cost: mean training seconds relative to the baseline's (in
     the same group), as measured, with the range of the seed-by-seed ratios in brackets."""
@@ -68,6 +68,9 @@ def main_table(summary: pd.DataFrame, baseline: str = "") -> pd.DataFrame:
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
             if col == "active_units" and "active_units_by_layer" in summary:
                 rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
+        for col in columns:  # the profile's own (``[profile] columns``)
+            vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
+            rec[TITLES.get(col, col) + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), 2)
         if "stop_reason" in summary and summary["stop_reason"].notna().any():
             rec["stopped"] = _stopped(rows)
         if baseline:  # mean over mean, then the range of the seed-by-seed ratios
