@@ -35,17 +35,19 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import RunConfig, apply_overrides, resolve
+    from .config import RunConfig, apply_overrides, merge_overrides, resolve
     from .runner import execute
 
-    overrides = {"variant": args.variant, "dataset": args.dataset, "seed": args.seed}
+    pairs = [("variant", args.variant), ("dataset", args.dataset), ("seed", args.seed)]
+    set_keys = {k for k, _ in args.set or []}
+    pairs = [(k, v) for k, v in pairs if k not in set_keys]  # --set variant=... wins the default
     for flag, key in (("epochs", "train.epochs"), ("device", "device"), ("k", "eval.is_samples")):
         if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
+            pairs.append((key, getattr(args, flag)))
     if args.deterministic:
-        overrides["deterministic"] = True
-    overrides.update(dict(args.set or []))
-    cfg = resolve(apply_overrides(RunConfig(), overrides))
+        pairs.append(("deterministic", True))
+    pairs += list(args.set or [])
+    cfg = resolve(apply_overrides(RunConfig(), merge_overrides(pairs)))
     run_dir = execute(cfg, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
     print(run_dir)
     return 0

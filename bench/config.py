@@ -197,6 +197,22 @@ def allowed_keys() -> list[str]:
     return top + nested
 
 
+def merge_overrides(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``key=value`` pairs as one dict of overrides; ConfigError if two of them name the same
+    setting, in one spelling or two (``epochs`` and ``train.epochs``, ``--epochs`` and
+    ``--set train.epochs``): which one should win is not guessed."""
+    variant = next((str(v) for k, v in reversed(pairs) if k == "variant"), RunConfig().variant)
+    vparams = _variant_params(variant)
+    seen: dict[tuple[str | None, str], str] = {}
+    for key, _ in pairs:
+        where = _locate(key, vparams)
+        if where in seen:
+            raise ConfigError(f"{key!r} and {seen[where]!r} set the same value twice; allowed: "
+                              "each setting once")
+        seen[where] = key
+    return dict(pairs)
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A new config with ``key=value`` overrides validated and applied; ConfigError otherwise."""
     if "variant" in overrides:

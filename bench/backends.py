@@ -1,0 +1,104 @@
+"""Where a grid's runs execute: in this process or a process pool (``local``), or one Ray task
+per run on a cluster (``ray``). Each yields the statuses of the runs as they finish."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from variants.base import ConfigError
+
+from .config import RunConfig, to_dict
+from .results import environment, read_json, write_run
+
+
+def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int) -> str:
+    """Run one grid point; any failure becomes a record with status 'failed' and its error."""
+    import torch
+
+    from .allocator import tune
+    from .runner import execute, run_name
+
+    tune()  # in every worker process, whatever the backend
+    out = Path(out)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return read_json(execute(cfg, out, data_dir) / "metrics.json")["status"]
+    except Exception as e:  # recorded, and the grid goes on
+        target = out / run_name(cfg)
+        if not target.exists():
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            write_run(target, config=to_dict(cfg), history=[], state_dict=None,
+                      metrics={"status": "failed", "error": error,
+                               "traceback": traceback.format_exc()},
+                      env=environment(cfg.device, {}, {}))
+        return "failed"
+
+
+BACKENDS = ("local", "ray")
+
+
+def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int):
+    """The embedded default: in this process for one job, else a process pool."""
+    if jobs == 1:
+        for cfg in configs:
+            yield run_one(cfg, out, data_dir, 0)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _ray_token_auth(address: str | None) -> None:
+    """Connect the way Ray documents a cluster: `ray start --head` (Ray 2.60 turns token
+    authentication on for clusters started that way and writes the token to ~/.ray/auth_token)
+    accepts a driver only with RAY_AUTH_MODE=token. So, for an existing cluster, when a token is
+    at hand and the user chose no mode, ask for token authentication."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        return  # a local Ray started by this driver
+    if "RAY_AUTH_MODE" in os.environ:
+        return  # the user's choice
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+            or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
+    """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
+    writes its own record under ``out``, which must be on storage the workers share; the driver
+    only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend 'ray' needs the ray extra: pip install 'vae-bench[ray]'; "
+                          "allowed without it: local") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True, configure_logging=False)
+    except ConnectionError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"the Ray cluster refused or did not answer the driver ({first}); a "
+                          "cluster started with `ray start --head` uses token authentication "
+                          "(Ray >= 2.60): set RAY_AUTH_MODE=token and make its token available "
+                          "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); allowed "
+                          "without a cluster: --backend local") from None
+    from . import numerics
+
+    task = ray.remote(run_one)
+    refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
+                         retry_exceptions=False,
+                         # a worker loads torch in the run's numerics mode (one that loaded it
+                         # otherwise runs the task in a fresh process of that mode)
+                         runtime_env={"env_vars": numerics.environment_for(cfg.numerics, {})})
+            .remote(cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
+    while refs:
+        done, refs = ray.wait(refs, num_returns=1)
+        yield ray.get(done[0])
