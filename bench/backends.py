@@ -4,6 +4,7 @@ per run on a cluster (``ray``). Each yields the statuses of the runs as they fin
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -12,11 +13,19 @@ from pathlib import Path
 from variants.base import ConfigError
 
 from .config import RunConfig, to_dict
-from .results import environment, read_json, write_run
+from .results import TRANSIENT, environment, read_json, write_run
+
+
+def transient(error: BaseException) -> bool:
+    """A failure of the machine (disk, memory, data not there), not of the run's model."""
+    return isinstance(error, (OSError, MemoryError)) or \
+        any(t in f"{type(error).__name__}: {error}" for t in TRANSIENT)
 
 
 def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int) -> str:
-    """Run one grid point; any failure becomes a record with status 'failed' and its error."""
+    """Run one grid point. A failure of the model or its config becomes a record with status
+    'failed' and its error; a failure of the machine (``transient``) is reported on stderr in
+    one line and not recorded, so the next resume trains the run again."""
     import torch
 
     from .allocator import tune
@@ -24,14 +33,18 @@ def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int)
 
     tune()  # in every worker process, whatever the backend
     out = Path(out)
-    if threads:
+    if threads and cfg.numerics != "portable":  # portable numerics fix their own thread count
         torch.set_num_threads(threads)
     try:
         return read_json(execute(cfg, out, data_dir) / "metrics.json")["status"]
     except Exception as e:  # recorded, and the grid goes on
         target = out / run_name(cfg)
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        if transient(e):
+            print(f"vae-bench: {target.name} not recorded, retried on resume: {error}",
+                  file=sys.stderr)
+            return "failed (not recorded: retried on resume)"
         if not target.exists():
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
             write_run(target, config=to_dict(cfg), history=[], state_dict=None,
                       metrics={"status": "failed", "error": error,
                                "traceback": traceback.format_exc()},
@@ -40,6 +53,43 @@ def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int)
 
 
 BACKENDS = ("local", "ray")
+#: how long a Ray address may take to answer before the suite gives up (seconds)
+RAY_CONNECT_TIMEOUT = 10.0
+
+
+def die_with_parent(parent: int) -> None:
+    """In a pool worker: be killed when the parent (pid ``parent``) dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing), so no worker outlives a killed suite; a
+    worker whose parent died while it was starting exits at once."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:  # the parent died before the call (we were re-parented)
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """ConfigError in one line for an address that is malformed or where nothing answers
+    within ``timeout`` seconds (Ray itself retries for minutes, warning every 10 s)."""
+    if address in (None, "auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray-address {address!r} is invalid; allowed: HOST:PORT of a Ray "
+                          "head (ray start --head prints it), auto, or none for a local Ray")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"--ray-address {address}: nothing answers there within {timeout:g} s "
+                          f"({e.strerror or type(e).__name__}); allowed: the address `ray start "
+                          "--head` printed, or --backend local") from None
 
 
 def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int):
@@ -50,7 +100,8 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
         for fut in as_completed(futures):
             yield fut.result()
@@ -74,6 +125,7 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
     """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
     writes its own record under ``out``, which must be on storage the workers share; the driver
     only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    check_ray_address(address)
     _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
     try:
         import ray

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .results import save_torch
+
 
 def snapshot(epoch: int, step: int, trainer, variant, streams, result, seconds: float,
              convergence=None) -> dict:
@@ -55,37 +57,58 @@ def restore(state: dict, trainer, variant, streams, result, convergence=None):
 class Checkpoints:
     """Checkpoints of one run in their own folder beside it, ``epoch-NNNNNN.pt``, each written
     to a temporary file and renamed into place (atomic); the latest two are kept. ``latest()``
-    returns the newest one that loads (``weights_only=True``); one that does not is reported on
-    stderr, in one line, and the one before it is tried, then a start from zero: never a
-    silent resume from garbage."""
+    returns the newest one that loads (``weights_only=True``) and is a snapshot of this run (its
+    ``identity``, and whatever ``check`` finds: the model's tensor names and shapes); one that is
+    not is reported on stderr, in one line, and the one before it is tried, then a start from
+    zero: never a silent resume from garbage, nor a crash on another run's file."""
 
-    def __init__(self, folder, every: int, keep: int = 2):
-        self.folder, self.every, self.keep = Path(folder), every, keep
+    def __init__(self, folder, every: int, keep: int = 2, identity: str | None = None):
+        self.folder, self.every, self.keep, self.identity = Path(folder), every, keep, identity
 
     def files(self) -> list:
         return sorted(self.folder.glob("epoch-*.pt")) if self.folder.is_dir() else []
 
-    def latest(self) -> dict | None:
+    def latest(self, check=None) -> dict | None:
         for path in reversed(self.files()):
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                problem = self._foreign(state) or (check(state) if check else None)
             except Exception as e:  # truncated, corrupt, or not a checkpoint
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                print(f"vae-bench: checkpoint {path} is unreadable ({first[:120]}); "
-                      "using the one before it, or starting from zero", file=sys.stderr)
+                problem = f"is unreadable ({first[:120]})"
+            if problem is None:
+                return state
+            print(f"vae-bench: checkpoint {path} {problem}; using the one before it, or "
+                  "starting from zero", file=sys.stderr)
+        return None
+
+    def _foreign(self, state) -> str | None:
+        if not isinstance(state, dict) or not {"epoch", "step", "model", "rng"} <= set(state):
+            return "is not a mid-run checkpoint"
+        run = state.get("run")
+        if self.identity is not None and run is not None and run != self.identity:
+            return f"is a snapshot of another run ({run})"
         return None
 
     def save(self, epoch: int, state: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"epoch-{epoch:06d}.pt"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        save_torch({**state, "run": self.identity}, tmp)  # a full disk: one line, no tmp left
         os.replace(tmp, path)
         for old in self.files()[:-self.keep]:
             old.unlink()
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def mismatch(state: dict, trainer) -> str | None:
+    """Why ``state`` cannot be this trainer's model (another architecture or code version):
+    the tensor names and shapes of its weights against the model's."""
+    own = {k: tuple(v.shape) for k, v in trainer.model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if own != theirs:
+        diff = sorted(set(own) ^ set(theirs)) or sorted(k for k in own if own[k] != theirs[k])
+        return f"does not match this run's model (first difference: {diff[0]})"
+    return None

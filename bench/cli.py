@@ -69,13 +69,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
         rows, line = dry_run(profile, Path(args.results))
         width = max(len(r["label"]) for r in rows)
         for r in rows:
-            print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}")
+            print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}"
+                  + (f"  ({r['why']})" if r.get("why") else ""))
         print(line)
         return 0
     counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir,
                        backend=args.backend, ray_address=args.ray_address)
     print(json.dumps(counts, sort_keys=True))
-    return 0 if not counts.get("failed") else 1
+    return 1 if any(k.startswith("failed") for k in counts) else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vae-bench: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what finished is recorded, a rerun resumes
+        print("vae-bench: interrupted; finished runs are kept and a rerun resumes (from the "
+              "last mid-run checkpoint where train.checkpoint_every is set)", file=sys.stderr)
+        return 130
     except OSError as e:  # runtime: unwritable results, full disk, ...
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"vae-bench: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,6 +289,16 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
                           f"allowed for variant {cfg.variant!r}"
                           f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
+    shape = datasets.point_shape(cfg.dataset)
+    image = datafile_image(shape)
+    if model.decoder == "pixelcnn" and image and model.pixelcnn_kernel > 2 * max(image) - 1:
+        raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is larger than the "
+                          f"{image[0]}x{image[1]} image can use; allowed: an odd int <= "
+                          f"{2 * max(image) - 1}")
+    from .budget import check as check_memory
+
+    check_memory(dataclasses.replace(cfg, model=model, train=train), variant,
+                 math.prod(shape), image)
     variant.check_protocol(train)
     return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
 
@@ -336,6 +347,12 @@ HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train
                         ("model", "posterior_scale"), ("model", "obs_var"))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"),)
+
+
+def datafile_image(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    from .datafile import image_shape
+
+    return image_shape(shape)
 
 
 def variant_source(name: str) -> dict | None:

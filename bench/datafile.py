@@ -98,8 +98,9 @@ def image_shape(point_shape: tuple[int, ...]) -> tuple[int, ...] | None:
     return shape if len(shape) == 2 else None
 
 
-def _validated(name: str) -> dict[str, np.ndarray]:
-    """The file's splits, checked, as float32 (N, D) arrays (cached per file contents)."""
+def _validated(name: str) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+    """The file's splits, checked, as float32 (N, D) arrays, and the shape of one point (cached
+    per file contents)."""
     key = (file_digest(name), "arrays")
     if key not in _checked_arrays:
         arrays = _arrays(name)
@@ -108,7 +109,11 @@ def _validated(name: str) -> dict[str, np.ndarray]:
                 for k, a in arrays.items()}
         _checked_arrays.clear()  # one file's arrays at a time
         _checked_arrays[key] = (flat, shape)
-    return _checked_arrays[key][0]
+    return _checked_arrays[key]
+
+
+def point_shape(name: str) -> tuple[int, ...]:
+    return _validated(name)[1]
 
 
 def check(name: str) -> None:
@@ -117,8 +122,7 @@ def check(name: str) -> None:
 
 
 def load_npz(name: str) -> Dataset:
-    flat = _validated(name)
-    shape = _checked_arrays[(file_digest(name), "arrays")][1]
+    flat, shape = _validated(name)
     train = torch.from_numpy(flat["train"].copy())
     test = binarize(torch.from_numpy(flat["test"]),
                     torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
@@ -135,7 +139,7 @@ def load_npz(name: str) -> Dataset:
 def validation_size(name: str) -> int:
     """The default validation split: the file's own ``valid`` array, else an eighth of the
     training points (at most ``MAX_HELD_OUT``; none when there is a single one) held out."""
-    flat = _validated(name)
+    flat = _validated(name)[0]
     n = len(flat["train"])
     if "valid" in flat:
         return len(flat["valid"])

@@ -48,3 +48,13 @@ def digest(name: str) -> str | None:
 def likelihood(name: str) -> str:
     """The likelihood a dataset is modelled with, without loading it."""
     return "bernoulli" if datafile.is_file(name) else data.LIKELIHOODS.get(name, "bernoulli")
+
+
+#: point shape of the built-in datasets (pixels, or (H, W) for images)
+SHAPES = {"mnist": (28, 28), "fashion-mnist": (28, 28), "mnist-grey": (28, 28), "digits": (8, 8),
+          "linear-gaussian": (20,)}
+
+
+def point_shape(name: str) -> tuple[int, ...]:
+    """The shape of one data point, without loading the data (a file: validated once)."""
+    return datafile.point_shape(name) if datafile.is_file(name) else SHAPES[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -19,7 +20,9 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +117,7 @@ def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict],
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
         (tmp / "history.csv").write_text(history_csv(history))
         if state_dict is not None:
-            torch.save(state_dict, tmp / "model.pt")
+            save_torch(state_dict, tmp / "model.pt")
         if previews:
             np.savez_compressed(tmp / "previews.npz", **previews)
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
@@ -161,3 +164,81 @@ def ensure_writable(directory: Path) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+STATUSES = ("ok", "failed", "diverged")
+#: errors of the machine, not of the model: such a failure is retried, never trusted as a result
+TRANSIENT = ("OSError", "PermissionError", "FileNotFoundError", "MemoryError", "DataError",
+             "BrokenProcessPool", "unexpected pos", "enforce fail", "No space left",
+             "can't allocate memory", "has status 'failed'")  # (the last: its decoder's)
+
+
+def damage(path: Path) -> str | None:
+    """Why the run directory ``path`` is not a complete, readable record (None: it is)."""
+    try:
+        metrics = read_json(path / "metrics.json")
+    except FileNotFoundError:
+        return f"{path}: no metrics.json"
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        return f"{path / 'metrics.json'}: unreadable ({type(e).__name__})"
+    if not isinstance(metrics, dict) or metrics.get("status") not in STATUSES:
+        return f"{path / 'metrics.json'}: no status among {', '.join(STATUSES)}"
+    if metrics["status"] == "ok" and not all(
+            isinstance(metrics.get(k), (int, float)) for k in ("nll_is", "neg_elbo", "kl")):
+        return f"{path / 'metrics.json'}: a finished run without numeric nll_is, neg_elbo, kl"
+    try:
+        config = read_json(path / "config.json")
+        if not isinstance(config, dict) or not {"variant", "model", "train", "eval"} <= set(config):
+            return f"{path / 'config.json'}: not a run config"
+        head = (path / "history.csv").read_text().split("\n", 1)[0]
+    except FileNotFoundError as e:
+        return f"{e.filename}: missing"
+    except (OSError, ValueError) as e:
+        return f"{path}: config.json or history.csv unreadable ({type(e).__name__})"
+    if head and not head.startswith("epoch,"):
+        return f"{path / 'history.csv'}: no epoch column"
+    return None
+
+
+def retry_reason(path: Path) -> str | None:
+    """Why a complete record must be trained again: a failure of the machine (disk, memory, an
+    interrupted dependency), recorded by an earlier version or a transient fault."""
+    metrics = read_json(path / "metrics.json")
+    error = str(metrics.get("error", ""))
+    if metrics.get("status") == "failed" and (metrics.get("transient")
+                                              or any(t in error for t in TRANSIENT)):
+        return f"{path}: failed for a reason of the machine, not the model ({error[:80]})"
+    return None
+
+
+def finished(path: Path) -> bool:
+    """Whether ``path`` holds a record a resume may trust."""
+    return path.is_dir() and damage(path) is None and retry_reason(path) is None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Move a damaged or retried run directory to ``.damaged/`` beside it (never deleted), with
+    a one-line report on stderr; returns where it went."""
+    dest = path.parent / ".damaged" / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    print(f"vae-bench: {why}; moved to {dest} and trained again", file=sys.stderr)
+    return dest
+
+
+def save_torch(obj, path: Path) -> None:
+    """torch.save whose failures are OSErrors in one line (torch reports a full disk as a
+    RuntimeError "... unexpected pos ..."), leaving no partial file."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (RuntimeError, OSError) as e:
+        path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 2**26 else errno.EIO,
+                      f"cannot write {path.name} ({str(e).splitlines()[0][:80]}; "
+                      f"{free / 2**20:.0f} MiB free)", str(path)) from None

@@ -34,7 +34,17 @@ from .config import (
 )
 from .convergence import Convergence
 from .metrics import evaluate, validation_diagnostics, validation_minibatch_mi
-from .results import ensure_writable, environment, read_json, run_lock, write_run
+from .results import (
+    damage,
+    ensure_writable,
+    environment,
+    finished,
+    read_json,
+    retry_reason,
+    run_lock,
+    set_aside,
+    write_run,
+)
 from .seeding import Streams, derive, set_deterministic
 from .train import fit
 
@@ -164,13 +174,15 @@ def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
     cfg = resolve(cfg)
     ensure_writable(Path(out))
     target = Path(out) / run_name(cfg)
-    if (target / "metrics.json").exists():
+    if finished(target):
         return target
     if cfg.numerics != numerics.active():  # the libraries read their settings as torch loads
         return numerics.run_in_mode(cfg.numerics, execute, cfg, out, data_dir, False)
     with run_lock(target):  # a second suite on the same results waits, then finds it done
-        if (target / "metrics.json").exists():
+        if finished(target):
             return target
+        if target.exists():  # damaged, or failed for a reason of the machine: aside, again
+            set_aside(target, damage(target) or retry_reason(target))
         return _train_and_record(cfg, target, data_dir, progress)
 
 
@@ -217,7 +229,8 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
     outside = variant_source(cfg.variant)
     if outside:
         env["variant_source"] = outside
-    checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every)
+    checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every,
+                              identity=target.name)
     # what draws from torch's global generator in training (dropout) draws from the seed's own
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive(cfg.seed, "global"))

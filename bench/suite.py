@@ -22,7 +22,7 @@ from variants.base import ConfigError
 from .backends import BACKENDS, _local, _ray, run_one
 from .config import RunConfig, pretrain_config
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
-from .results import ensure_writable, git_dirty, read_json
+from .results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 
 __all__ = ["BACKENDS", "Profile", "dry_run", "grid", "group_of", "load_profile", "pending",
            "profile_names", "run_one", "run_suite", "runs_dir", "stages", "with_variants"]
@@ -47,7 +47,7 @@ def reuse_finished(profile: Profile, results: Path) -> int:
             wanted[run_name(pre)] = pre
     copied = 0
     for name in wanted:
-        if (out / name / "metrics.json").exists():
+        if finished(out / name):
             continue
         for other in profile.reuse:
             source = Path(results) / other / "runs" / name
@@ -71,7 +71,7 @@ def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
 
     out = runs_dir(results, profile)
     return [(label, cfg) for label, cfg in grid(profile)
-            if not (out / run_name(cfg) / "metrics.json").exists()]
+            if not finished(out / run_name(cfg))]
 
 
 def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
@@ -82,7 +82,7 @@ def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
     first = {}
     for cfg in configs:
         pre = pretrain_config(cfg)
-        if pre is not None and not (out / run_name(pre) / "metrics.json").exists():
+        if pre is not None and not finished(out / run_name(pre)):
             first.setdefault(run_name(pre), pre)
     return [s for s in (list(first.values()), configs) if s]
 
@@ -98,15 +98,18 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
     rows, seconds = [], {}
     for label, cfg in grid(profile):
         path = out / run_name(cfg)
-        metrics = path / "metrics.json"
-        if metrics.exists():
+        why = (damage(path) or retry_reason(path)) if path.is_dir() else None
+        if path.is_dir() and why is None:
             status = "done"
-            m = read_json(metrics)
+            m = read_json(path / "metrics.json")
             seconds.setdefault(label, []).append(m.get("train_seconds", 0) +
                                                  (m.get("eval_seconds") or 0))
+        elif why:
+            status = "damaged" if damage(path) else "retry"
         else:
             status = "resumable" if any(checkpoint_dir(path).glob("epoch-*.pt")) else "pending"
-        rows.append({"label": label, "seed": cfg.seed, "run": path.name, "status": status})
+        rows.append({"label": label, "seed": cfg.seed, "run": path.name, "status": status,
+                     **({"why": why} if why else {})})
     todo = [r for r in rows if r["status"] != "done"]
     known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
              if r["label"] in seconds]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import Checkpoints, restore, snapshot
+from .checkpoints import Checkpoints, mismatch, restore, snapshot
 from .config import TrainConfig
 from .convergence import Convergence
 from .data import binarize
@@ -268,7 +268,8 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     trainer.remember_initial()
     result, step, first, before = FitResult(), 0, 1, 0.0
     variant.steps_per_epoch = per_epoch
-    state = checkpoints.latest() if checkpoints is not None else None
+    state = checkpoints.latest(lambda st: mismatch(st, trainer)) \
+        if checkpoints is not None else None
     if state is not None:
         first, step, before = restore(state, trainer, variant, streams, result, conv)
     bar = tqdm(total=total, initial=step, disable=not progress, unit="step", leave=False)

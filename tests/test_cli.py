@@ -127,6 +127,7 @@ def test_data_dir_is_accepted_before_and_after_the_subcommand(capsys, tmp_path):
 
 
 def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, tmp_path):
+    from bench.config import to_dict
     from bench.runner import run_name
     from bench.suite import grid, load_profile, runs_dir
 
@@ -135,7 +136,11 @@ def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, t
     label, cfg = points[0]
     done = runs_dir(tmp_path, profile) / run_name(cfg)
     done.mkdir(parents=True)
-    (done / "metrics.json").write_text(json.dumps({"train_seconds": 50.0, "eval_seconds": 10.0}))
+    (done / "metrics.json").write_text(json.dumps({"status": "ok", "nll_is": 90.0,
+                                                   "neg_elbo": 95.0, "kl": 5.0,
+                                                   "train_seconds": 50.0, "eval_seconds": 10.0}))
+    (done / "config.json").write_text(json.dumps(to_dict(cfg)))
+    (done / "history.csv").write_text("epoch,loss\n1,100\n")
     assert main(["suite", "--profile", "smoke", "--results", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == len(points) + 1

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import SUITE_VERSION
-from ..results import read_json
+from ..results import damage, read_json
 from ..suite import Profile, grid, group_of, runs_dir
 
 PRINTED = "%.10g"  # the float format of summary.csv
@@ -40,8 +40,12 @@ def summarize(profile: Profile, results: Path) -> pd.DataFrame:
         row = {"label": label, "group": group_of(label), "variant": cfg.variant,
                "hparams": json.dumps(cfg.hparams, sort_keys=True), "dataset": cfg.dataset,
                "seed": cfg.seed, "run": path.name}
-        if not (path / "metrics.json").exists():
+        if not path.exists():
             rows.append({**row, "status": "missing"})
+            continue
+        why = damage(path)
+        if why:  # named and skipped: `suite` sets it aside and trains it again
+            rows.append({**row, "status": "damaged", "error": why})
             continue
         metrics = read_json(path / "metrics.json")
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}

@@ -1,0 +1,91 @@
+"""Sizes that cannot fit are refused before anything is allocated: an estimate of a run's
+memory from its resolved config (parameters with their gradients and Adam's two moments, the
+activations of one training step, one importance-sampling tile) against the memory this machine
+has available. An estimate, deliberately coarse (within a small factor): it exists to turn
+"model.hidden=1000000000" into one line instead of an allocator's traceback. ``VAE_BENCH_MEMORY_
+CHECK=0`` skips it."""
+
+from __future__ import annotations
+
+import os
+
+from variants.base import ConfigError
+
+#: what the importance sampler holds at once (bench.metrics: IS_BLOCK points x IS_CHUNK samples)
+IS_ROWS = 100 * 50
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _dense(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def estimate(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None) -> dict:
+    """Bytes of parameters (x4: values, gradients, two Adam moments) and of activations (one
+    training step of ``train.batch_size`` x the variant's samples, and one IS tile)."""
+    m, word = cfg.model, 8 if cfg.dtype == "float64" else 4
+    latent = variant.latent(m.latent_dim)
+    d, z = input_dim, latent.dim
+    params = _dense([d, *m.hidden, latent.param_size]) if latent.param_size else 0
+    widths = [*m.hidden, latent.param_size]
+    if m.decoder == "mlp":
+        params += _dense([z, *m.decoder_hidden, d])
+        per_row = sum(m.decoder_hidden) + d
+    elif m.decoder == "made":
+        hidden = list(m.decoder_hidden)
+        params += _dense([d, *hidden, d]) + d * d + z * (sum(hidden) + d)
+        per_row = sum(hidden) + 2 * d
+    else:  # pixelcnn: per layer, two stacks of 2c channels over the image
+        c, k, layers = m.pixelcnn_channels, m.pixelcnn_kernel, m.pixelcnn_layers
+        params += layers * (2 * c * c * (k // 2 + 1) * (k + 1) + 6 * c * c + 4 * c * z)
+        per_row = layers * 8 * c * d
+    if m.latent2_dim:
+        params += 2 * _dense([z, *m.latent2_hidden, 2 * m.latent2_dim])
+    rows = cfg.train.batch_size * max(1, variant.train_samples())
+    activations = 3 * word * (rows * (per_row + z) + cfg.train.batch_size * sum(widths))
+    tile = word * IS_ROWS * per_row * 2
+    return {"parameters": 4 * word * params, "activations": activations + tile}
+
+
+def check(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None) -> None:
+    """ConfigError when the estimate exceeds the memory available."""
+    if os.environ.get("VAE_BENCH_MEMORY_CHECK", "1") == "0":
+        return
+    have = available_bytes()
+    if have is None:
+        return
+    need = estimate(cfg, variant, input_dim, image_shape)
+    total = sum(need.values())
+    if total > have:
+        gib = 2**30
+        raise ConfigError(
+            f"this run needs an estimated {total / gib:,.1f} GiB (parameters with gradients and "
+            f"Adam state {need['parameters'] / gib:,.1f}, activations "
+            f"{need['activations'] / gib:,.1f}); {have / gib:.1f} GiB are available; allowed: "
+            "smaller model sizes, batch or samples, or VAE_BENCH_MEMORY_CHECK=0 to skip this "
+            f"estimate (sizes: {_sizes(cfg, variant)})")
+
+
+def _sizes(cfg, variant) -> str:
+    m = cfg.model
+    parts = [f"model.latent_dim={m.latent_dim}", f"model.hidden={list(m.hidden)}",
+             f"model.decoder_hidden={list(m.decoder_hidden)}"]
+    if m.decoder == "pixelcnn":
+        parts += [f"model.pixelcnn_channels={m.pixelcnn_channels}",
+                  f"model.pixelcnn_kernel={m.pixelcnn_kernel}"]
+    if variant.train_samples() > 1:
+        parts.append(f"training samples per point={variant.train_samples()}")
+    return ", ".join(parts)
+
+
