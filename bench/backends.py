@@ -65,6 +65,7 @@ def die_with_parent(parent: int) -> None:
         import ctypes
         import signal
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         if os.getppid() != parent:  # the parent died before the call (we were re-parented)
@@ -100,11 +101,18 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
         futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
         for fut in as_completed(futures):
             yield fut.result()
+    except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after runs
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _ray_token_auth(address: str | None) -> None:

@@ -50,6 +50,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve(apply_overrides(RunConfig(), merge_overrides(pairs)))
     run_dir = execute(cfg, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
     print(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("status") != "ok":  # recorded, but not a trained model: say so
+        where = f" at step {metrics['diverged_step']}" if metrics.get("diverged_step") is not None \
+            else ""
+        print(f"vae-bench: the run {metrics.get('status')}{where}; its record says how "
+              f"({run_dir / 'metrics.json'})", file=sys.stderr)
+        return 1
     return 0
 
 

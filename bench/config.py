@@ -122,7 +122,8 @@ class EvalConfig:
     is_samples: int = fld(1000, "K, importance samples per test point for nll_is", low=1)
     elbo_samples: int = fld(1, "L, samples per test point for the ELBO", low=1)
     seed: int = fld(0, "seed of the evaluation noise, independent of the training seed", low=0)
-    test_points: int = fld(0, "evaluate on the first N points of the test split (0: all of it)",
+    test_points: int = fld(0, "evaluate on the first N >= 2 points of the test split (0: all of "
+                           "it; one point has no standard error)",
                            low=0)
 
 
@@ -275,6 +276,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     train = cfg.train
     if train.validation_size < 0:
         train = dataclasses.replace(train, validation_size=datasets.validation_size(cfg.dataset))
+    if cfg.eval.test_points == 1:
+        raise ConfigError("eval.test_points=1 is invalid; allowed: 0 (the whole test split) or "
+                          ">= 2 (a standard error needs two points)")
     if (train.patience or train.lr_decay_patience) and not train.validation_size:
         raise ConfigError("train.patience / train.lr_decay_patience watch the validation split; "
                           "allowed with train.validation_size > 0 (or -1: the dataset decides)")

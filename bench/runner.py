@@ -199,6 +199,9 @@ def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
                               "validation hold-out)")
         dataset = dataclasses.replace(dataset, train=dataset.train[:m])
     n = cfg.eval.test_points
+    if n > len(dataset.test):
+        raise ConfigError(f"eval.test_points={n} is invalid for {cfg.dataset}; allowed: 0 (all) "
+                          f"or 2 .. {len(dataset.test)}")
     if n and n < len(dataset.test):
         dataset = dataclasses.replace(dataset, test=dataset.test[:n])
     return dataset

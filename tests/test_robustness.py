@@ -308,3 +308,43 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
     while alive() and time.time() < deadline:
         time.sleep(0.5)
     assert not alive(), f"workers outlived their parent: {alive()}"
+
+
+@pytest.mark.parametrize("setting, message", [
+    (["--set", "eval.test_points=1"], "eval.test_points=1 is invalid"),
+    (["--set", "eval.test_points=1000000000"], "eval.test_points=1000000000 is invalid for digits"),
+    (["--variant", "delta-vae", "--set", "delta=1e9"], "delta='1e9' is invalid; allowed: float in [0, 50]"),
+])
+def test_evaluation_and_variant_sizes_outside_their_range_are_refused(tmp_path, capsys, setting,
+                                                                      message):
+    err = one_line(["run", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path),
+                    *setting], capsys)
+    assert message in err, err
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_run_that_diverges_says_so_and_exits_1(tmp_path, capsys):
+    err = one_line(["run", "--dataset", "digits", "--epochs", "2", "--out", str(tmp_path),
+                    "--set", "train.lr=1e30", "--set", "train.clip=0"], capsys, code=1)
+    assert err.startswith("vae-bench: the run diverged at step")
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(tmp_path):
+    (tmp_path / "lag.toml").write_text(LAGGING.replace('"train.epochs" = 2',
+                                                       '"train.epochs" = 400'))
+    proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
+               str(tmp_path / "r"))
+    deadline, children = time.time() + 60, []
+    while time.time() < deadline and len(children) < 3:
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+    time.sleep(5)  # the workers are training
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(60) == 130
+    err = proc.stderr.read().strip().splitlines()
+    assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
+    time.sleep(5)
+    assert not [p for p in children if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]

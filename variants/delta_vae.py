@@ -51,7 +51,9 @@ class CommittedRate(nn.Module):
 @register("delta-vae")
 class DeltaVAE(Variant):
     paper = "Razavi et al. 2019, ICLR, section 2.1 (committed rate delta per unit)"
-    params = {"delta": Param(0.15, "the committed rate: least KL per unit, nats", low=0.0)}
+    params = {"delta": Param(0.15, "the committed rate: least KL per unit, nats (at most 50: "
+                             "beyond it the bounded variance underflows float32)", low=0.0,
+                             high=50.0)}
     neutral = None
 
     def posterior_head(self, latent):
