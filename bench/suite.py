@@ -106,14 +106,19 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
                                                  (m.get("eval_seconds") or 0))
         elif why:
             status = "damaged" if damage(path) else "retry"
+        elif any(finished(Path(results) / other / "runs" / path.name) for other in profile.reuse):
+            status = "reused"  # copied from a profile it reuses when the suite runs
         else:
             status = "resumable" if any(checkpoint_dir(path).glob("epoch-*.pt")) else "pending"
         rows.append({"label": label, "seed": cfg.seed, "run": path.name, "status": status,
                      **({"why": why} if why else {})})
-    todo = [r for r in rows if r["status"] != "done"]
+    todo = [r for r in rows if r["status"] not in ("done", "reused")]
     known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
              if r["label"] in seconds]
-    line = (f"{len(rows)} runs: {len(rows) - len(todo)} done, {len(todo)} to run; estimated "
+    line = (f"{len(rows)} runs: {len(rows) - len(todo)} done"
+            + (f" (of them {sum(r['status'] == 'reused' for r in rows)} to copy from "
+               f"{', '.join(profile.reuse)})" if profile.reuse else "")
+            + f", {len(todo)} to run; estimated "
             f"{sum(known) / 60:.1f} min for the {len(known)} of them whose configuration has a "
             f"finished seed" + (f", no estimate for {len(todo) - len(known)}"
                                 if len(todo) > len(known) else ""))
