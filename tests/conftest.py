@@ -10,3 +10,35 @@ def _single_thread_default_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+class StoppedAfterCheckpoint(Exception):
+    """Raised by ``stop_after_checkpoint`` right after a run's checkpoint of a given epoch: the
+    files a kill at that moment leaves behind."""
+
+
+@pytest.fixture
+def stop_after_checkpoint(monkeypatch):
+    """``stop_after_checkpoint(epoch)``: from then on, a run (``bench.runner.execute``) stops
+    with ``StoppedAfterCheckpoint`` right after writing its checkpoint of ``epoch``."""
+    from bench import runner
+
+    real_fit = runner.fit
+
+    def arm(epoch: int) -> None:
+        def fit(*args, **kwargs):
+            ckpt = kwargs["checkpoints"]
+            save = ckpt.save
+
+            def save_then_stop(e, state):
+                save(e, state)
+                if e == epoch:
+                    raise StoppedAfterCheckpoint
+
+            ckpt.save = save_then_stop
+            return real_fit(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "fit", fit)
+
+    yield arm
+    monkeypatch.setattr(runner, "fit", real_fit)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import StoppedAfterCheckpoint
 
 from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
@@ -104,7 +105,8 @@ def test_an_early_stopped_run_evaluates_its_best_epoch_weights(tmp_path):
     assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
 
 
-def test_an_early_stopped_run_killed_after_a_checkpoint_resumes_to_identical_numbers(tmp_path):
+def test_an_early_stopped_run_killed_after_a_checkpoint_resumes_to_identical_numbers(
+        tmp_path, stop_after_checkpoint):
     """Stopped by an exception right after its checkpoint (the files a SIGKILL leaves), with a
     decay on plateau already behind it, then resumed: the best weights, the counts and the
     learning-rate factor come back from the checkpoint, and the record is the uninterrupted
@@ -115,30 +117,10 @@ def test_an_early_stopped_run_killed_after_a_checkpoint_resumes_to_identical_num
     assert whole["stop_reason"] == "decays" and whole["stopped_epoch"] > 4
     cut = whole["stopped_epoch"] - 2
     cfg = resolve(apply_overrides(RunConfig(), {**over, "train.checkpoint_every": 1}))
-    from bench import runner
-
-    real_fit = runner.fit
-
-    class Stop(Exception):
-        pass
-
-    def fit_until_cut(*args, **kwargs):
-        ckpt, save = kwargs["checkpoints"], kwargs["checkpoints"].save
-
-        def save_then_stop(epoch, state):
-            save(epoch, state)
-            if epoch == cut:
-                raise Stop
-
-        ckpt.save = save_then_stop
-        return real_fit(*args, **kwargs)
-
-    runner.fit = fit_until_cut
-    try:
-        with pytest.raises(Stop):
-            execute(cfg, tmp_path / "part")
-    finally:
-        runner.fit = real_fit
+    stop_after_checkpoint(cut)
+    with pytest.raises(StoppedAfterCheckpoint):
+        execute(cfg, tmp_path / "part")
+    stop_after_checkpoint(0)
     state = Checkpoints(checkpoint_dir(tmp_path / "part" / run_name(cfg)), 1).latest()
     assert state["epoch"] == cut and state["convergence"]["decays"] >= 1
     resumed = metrics(execute(cfg, tmp_path / "part"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import StoppedAfterCheckpoint
 
 from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
@@ -140,7 +141,7 @@ def test_sigkill_mid_run_then_rerun_resumes_to_identical_metrics(tmp_path):
 
 @pytest.mark.parametrize("layers", [{}, {"model.latent2_dim": 4, "model.latent2_hidden": "16"}],
                          ids=["one-layer", "two-layers"])
-def test_checkpoints_resume_exactly_in_process(tmp_path, layers):
+def test_checkpoints_resume_exactly_in_process(tmp_path, layers, stop_after_checkpoint):
     """The same, without processes: a run stopped after its checkpoint at epoch 4 of 6 (its
     folder kept), resumed, equals the uninterrupted run; with one stochastic layer and with two
     (whose decoder reset after the autoencoder phase covers p(h1|h2))."""
@@ -150,35 +151,10 @@ def test_checkpoints_resume_exactly_in_process(tmp_path, layers):
     cfg = resolve(apply_overrides(RunConfig(), {**over, "train.checkpoint_every": 2}))
     target = tmp_path / "part" / run_name(cfg)
     # the 6-epoch run, stopped by an exception right after its checkpoint at epoch 4
-    from bench import runner
-
-    real_fit = runner.fit
-
-    def fit_until_4(*args, **kwargs):
-        ckpt = kwargs["checkpoints"]
-
-        class Stop(Exception):
-            pass
-
-        save = ckpt.save
-
-        def save_then_stop(epoch, state):
-            save(epoch, state)
-            if epoch == 4:
-                raise Stop
-
-        ckpt.save = save_then_stop
-        try:
-            return real_fit(*args, **kwargs)
-        except Stop:
-            raise KeyboardInterrupt from None
-
-    runner.fit = fit_until_4
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            execute(cfg, tmp_path / "part")
-    finally:
-        runner.fit = real_fit
+    stop_after_checkpoint(4)
+    with pytest.raises(StoppedAfterCheckpoint):
+        execute(cfg, tmp_path / "part")
+    stop_after_checkpoint(0)  # disarmed: no checkpoint has epoch 0
     assert Checkpoints(checkpoint_dir(target), 2).latest()["epoch"] == 4
     from bench import train
 

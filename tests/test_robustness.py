@@ -275,6 +275,29 @@ def cli(*args: str, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
+def children_of(proc: subprocess.Popen, n: int, wait: float = 60) -> list[int]:
+    """The pids of ``proc``'s children once there are ``n`` (or after ``wait`` seconds)."""
+    deadline, children = time.time() + wait, []
+    while time.time() < deadline and len(children) < n:
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        children = [int(p) for p in out.stdout.split()]
+    return children
+
+
+def still_alive(pids: list[int], wait: float = 30) -> list[int]:
+    """Those of ``pids`` still running (not zombies) after up to ``wait`` seconds: a worker still
+    importing torch when its parent died goes once it has started."""
+    def alive() -> list[int]:
+        return [p for p in pids if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+
+    deadline = time.time() + wait
+    while alive() and time.time() < deadline:
+        time.sleep(0.5)
+    return alive()
+
+
 @pytest.mark.slow
 def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path):
     proc = cli("run", "--dataset", "digits", "--epochs", "500", "--out", str(tmp_path))
@@ -291,23 +314,11 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
                                                        '"train.epochs" = 400'))
     proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
                str(tmp_path / "r"))
-    deadline, children = time.time() + 60, []
-    while time.time() < deadline and len(children) < 2:
-        time.sleep(0.5)
-        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        children = [int(p) for p in out.stdout.split()]
+    children = children_of(proc, 2)
     assert children, "no workers started"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-
-    def alive() -> list[int]:
-        return [p for p in children if Path(f"/proc/{p}").exists()
-                and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
-
-    deadline = time.time() + 30  # a worker still importing torch goes once it has started
-    while alive() and time.time() < deadline:
-        time.sleep(0.5)
-    assert not alive(), f"workers outlived their parent: {alive()}"
+    assert not still_alive(children), "workers outlived their parent"
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -335,16 +346,10 @@ def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(tmp_p
                                                        '"train.epochs" = 400'))
     proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
                str(tmp_path / "r"))
-    deadline, children = time.time() + 60, []
-    while time.time() < deadline and len(children) < 3:
-        time.sleep(0.5)
-        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        children = [int(p) for p in out.stdout.split()]
+    children = children_of(proc, 3)  # the resource tracker and two workers
     time.sleep(5)  # the workers are training
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(60) == 130
     err = proc.stderr.read().strip().splitlines()
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
-    time.sleep(5)
-    assert not [p for p in children if Path(f"/proc/{p}").exists()
-                and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
+    assert not still_alive(children)
