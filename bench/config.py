@@ -99,10 +99,11 @@ class TrainConfig:
                             "the validation hold-out (0: all of them): a CPU-budget knob", low=0)
     compile: bool = fld(False, "fast mode: torch.compile the model's training forward and backward "
                         "(with CUDA graphs on a GPU); equal to eager up to float rounding")
-    patience: int = fld(0, "early stopping: stop once train.monitor has gone this many epochs "
-                        "without a new best (Davidson et al. 2018: 50); 0: off. With it or "
-                        "train.lr_decay_patience, train.epochs is the cap and the best-on-"
-                        "validation weights are evaluated (bench/convergence.py)", low=0)
+    stop_patience: int = fld(0, "early stopping: stop once train.monitor has gone this many "
+                             "epochs without a new best (Davidson et al. 2018: 50); 0: off. With "
+                             "it or train.lr_decay_patience, train.epochs is the cap and the "
+                             "best-on-validation weights are evaluated (bench/convergence.py)",
+                             low=0)
     lr_decay_patience: int = fld(0, "learning-rate decay on plateau as He et al. 2019's image "
                                  "script: after this many epochs worse than the best, lr x "
                                  "train.lr_decay, the best weights reloaded, fresh optimizers; "
@@ -279,9 +280,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if cfg.eval.test_points == 1:
         raise ConfigError("eval.test_points=1 is invalid; allowed: 0 (the whole test split) or "
                           ">= 2 (a standard error needs two points)")
-    if (train.patience or train.lr_decay_patience) and not train.validation_size:
-        raise ConfigError("train.patience / train.lr_decay_patience watch the validation split; "
-                          "allowed with train.validation_size > 0 (or -1: the dataset decides)")
+    if (train.stop_patience or train.lr_decay_patience) and not train.validation_size:
+        raise ConfigError("train.stop_patience / train.lr_decay_patience watch the validation "
+                          "split; allowed with train.validation_size > 0 (or -1: the dataset decides)")
     if train.max_decays and not train.lr_decay_patience:
         raise ConfigError("train.max_decays is set but no decay happens; allowed: with "
                           "train.lr_decay_patience > 0")
@@ -345,7 +346,7 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train", "lr_schedule"),
                         ("train", "adam_beta1"), ("train", "adam_beta2"), ("train", "adam_eps"),
                         ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"),
-                        ("train", "patience"), ("train", "lr_decay_patience"),
+                        ("train", "stop_patience"), ("train", "lr_decay_patience"),
                         ("train", "lr_decay"), ("train", "max_decays"), ("train", "monitor"),
                         ("train", "protocol_from"),
                         ("model", "posterior_scale"), ("model", "obs_var"))

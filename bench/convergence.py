@@ -1,7 +1,7 @@
 """The convergence protocol: when a run stops, and which weights are evaluated.
 
 Off by default (a run trains ``train.epochs`` epochs and its last weights are evaluated). With
-``train.patience`` or ``train.lr_decay_patience`` set, the run watches ``train.monitor`` (the
+``train.stop_patience`` or ``train.lr_decay_patience`` set, the run watches ``train.monitor`` (the
 validation -ELBO, lower is better) at every epoch end and:
 
 - keeps the best-on-validation weights (through mid-run checkpoints: a killed run resumes to
@@ -51,7 +51,7 @@ class Convergence:
 
     @classmethod
     def from_config(cls, train) -> Convergence:
-        return cls(train.patience, train.lr_decay_patience, train.lr_decay, train.max_decays,
+        return cls(train.stop_patience, train.lr_decay_patience, train.lr_decay, train.max_decays,
                    train.monitor, train.protocol_from)
 
     @property

@@ -62,7 +62,7 @@ def test_a_run_that_never_stops_is_capped():
 
 def test_the_protocol_needs_a_validation_split_and_a_decay_for_max_decays():
     with pytest.raises(ConfigError, match="watch the validation split"):
-        resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 2,
+        resolve(apply_overrides(RunConfig(), {**TINY, "train.stop_patience": 2,
                                               "train.validation_size": 0}))
     with pytest.raises(ConfigError, match="train.max_decays is set but no decay happens"):
         resolve(apply_overrides(RunConfig(), {**TINY, "train.max_decays": 2}))
@@ -72,10 +72,10 @@ def test_protocol_keys_stay_out_of_the_run_id_at_their_defaults():
     from bench.config import run_id
 
     plain = resolve(apply_overrides(RunConfig(), TINY))
-    same = resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 0,
+    same = resolve(apply_overrides(RunConfig(), {**TINY, "train.stop_patience": 0,
                                                  "train.lr_decay": 0.5}))
     assert run_id(plain) == run_id(same)
-    assert run_id(resolve(apply_overrides(RunConfig(), {**TINY, "train.patience": 3}))) \
+    assert run_id(resolve(apply_overrides(RunConfig(), {**TINY, "train.stop_patience": 3}))) \
         != run_id(plain)
 
 
@@ -87,7 +87,7 @@ def metrics(path):
 def test_an_early_stopped_run_evaluates_its_best_epoch_weights(tmp_path):
     """The protocol's run equals, metric for metric, a plain run of as many epochs as its best
     epoch: same trajectory up to there, then the evaluation of those weights."""
-    over = {**TINY, "train.epochs": 40, "train.patience": 2, "train.lr": 0.03}
+    over = {**TINY, "train.epochs": 40, "train.stop_patience": 2, "train.lr": 0.03}
     path = execute(apply_overrides(RunConfig(), over), tmp_path / "a")
     m = metrics(path)
     assert m["stop_reason"] == "patience" and m["converged"] is True
@@ -144,7 +144,7 @@ dtype = "float64"
 "eval.is_samples" = 10
 "train.lr" = 0.03
 "train.epochs" = 40
-"train.patience" = 2
+"train.stop_patience" = 2
 
 [[config]]
 label = "vae"

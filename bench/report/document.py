@@ -66,8 +66,8 @@ def _clip(train: dict) -> str:
 
 def _protocol(train: dict) -> str:
     parts = [f"cap {train.get('epochs')} epochs"]
-    if train.get("patience"):
-        parts.append(f"early stopping after {train['patience']} epochs without a new best "
+    if train.get("stop_patience"):
+        parts.append(f"early stopping after {train['stop_patience']} epochs without a new best "
                      f"{train.get('monitor', 'val_neg_elbo')}")
     if train.get("lr_decay_patience"):
         parts.append(f"lr x {train.get('lr_decay')} after {train['lr_decay_patience']} epochs "
