@@ -353,3 +353,13 @@ def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(tmp_p
     err = proc.stderr.read().strip().splitlines()
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
     assert not still_alive(children)
+
+
+def test_a_variant_precondition_is_checked_before_training(tmp_path, capsys):
+    """Aggressive's switch-off reads the validation split: without one the run is refused at
+    once, not after a first epoch of training."""
+    start = time.monotonic()
+    err = one_line(["run", "--variant", "aggressive", "--dataset", "digits", "--out",
+                    str(tmp_path), "--set", "train.validation_size=0"], capsys)
+    assert "validation" in err and time.monotonic() - start < 30
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
