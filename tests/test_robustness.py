@@ -285,6 +285,18 @@ def children_of(proc: subprocess.Popen, n: int, wait: float = 60) -> list[int]:
     return children
 
 
+def training(runs: Path, n: int, wait: float = 120) -> bool:
+    """Whether ``n`` runs under ``runs`` hold their locks (they train) within ``wait`` s, and a
+    moment more: a signal then reaches code that is running, not a process still importing."""
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        if len(list((runs / ".locks").glob("*.lock"))) >= n:
+            time.sleep(2)
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def still_alive(pids: list[int], wait: float = 30) -> list[int]:
     """Those of ``pids`` still running (not zombies) after up to ``wait`` seconds: a worker still
     importing torch when its parent died goes once it has started."""
@@ -301,7 +313,7 @@ def still_alive(pids: list[int], wait: float = 30) -> list[int]:
 @pytest.mark.slow
 def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path):
     proc = cli("run", "--dataset", "digits", "--epochs", "500", "--out", str(tmp_path))
-    time.sleep(8)  # inside training
+    assert training(tmp_path, 1)  # not while still importing: inside training
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
     assert proc.wait(60) == 130
     err = proc.stderr.read().strip().splitlines()
@@ -347,7 +359,7 @@ def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(tmp_p
     proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
                str(tmp_path / "r"))
     children = children_of(proc, 3)  # the resource tracker and two workers
-    time.sleep(5)  # the workers are training
+    assert training(tmp_path / "r" / "lag" / "runs", 2)  # both workers inside a run
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(60) == 130
     err = proc.stderr.read().strip().splitlines()
