@@ -93,6 +93,19 @@ def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT)
                           "--head` printed, or --backend local") from None
 
 
+_TRACKER_LEAK = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
+
+
+def _quiet_resource_tracker() -> None:
+    """Ctrl-C SIGKILLs the pool's workers on purpose (a run resumes from its checkpoint); the
+    multiprocessing resource tracker, which then unlinks what they held, would print a two-line
+    "leaked semaphore" warning after the CLI's one-line message. The tracker and the workers take
+    their warning filters from ``sys.warnoptions`` when they start, so this one warning is
+    silenced there (every other warning still shows)."""
+    if _TRACKER_LEAK not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_LEAK)
+
+
 def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int):
     """The embedded default: in this process for one job, else a process pool."""
     if jobs == 1:
@@ -100,6 +113,7 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
             yield run_one(cfg, out, data_dir, 0)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    _quiet_resource_tracker()
     # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
@@ -108,9 +122,12 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
         for fut in as_completed(futures):
             yield fut.result()
     except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after runs
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        workers = list(getattr(pool, "_processes", {}).values())
+        for proc in workers:
             proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.join(10)
+        pool.shutdown(wait=True, cancel_futures=True)  # the pool's queues closed, not left to exit
         raise
     pool.shutdown()
 
