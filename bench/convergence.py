@@ -15,7 +15,10 @@ validation -ELBO, lower is better) at every epoch end and:
   optimizers start afresh; training stops at the ``max_decays``-th decay (theirs: 0.5, 5);
 - ``train.epochs`` is the cap; ``train.protocol_from`` is the first epoch watched (before it
   nothing is counted and no best is kept: a KL warm-up, whose objective is not yet the ELBO;
-  Li et al.'s script starts its decay rule at epoch 15 likewise).
+  Li et al.'s script starts its decay rule at epoch 15 likewise). Whatever it says, an epoch
+  that ends while the variant is still warming up (``Variant.warming_up``: an annealed KL
+  weight below 1, an autoencoder phase) is not watched either, so one protocol fits every
+  configuration of a grid whatever its warm-up.
 
 Every run records where and why it stopped: ``stop_reason`` is ``patience`` or ``decays`` (the
 rule fired: converged), ``cap`` (the epoch cap came first) or ``diverged``; ``best_epoch`` and
@@ -58,11 +61,12 @@ class Convergence:
     def active(self) -> bool:
         return bool(self.patience or self.lr_decay_patience)
 
-    def after_epoch(self, epoch: int, row: dict, weights) -> str:
-        """Update on an epoch's history row; ``weights()`` gives a copy of the model's weights.
+    def after_epoch(self, epoch: int, row: dict, weights, warming: bool = False) -> str:
+        """Update on an epoch's history row; ``weights()`` gives a copy of the model's weights;
+        ``warming``: the variant's objective is still a warm-up (``Variant.warming_up``).
         Returns what to do: "" (go on), "decay" (reload the best weights, fresh optimizers, the
         learning rate times ``factor``) or "stop"."""
-        if epoch < self.start:  # e.g. a KL warm-up: the objective is not yet the ELBO
+        if epoch < self.start or warming:  # a KL warm-up: the objective is not yet the ELBO
             row.update({"best": None, "bad_epochs": None})
             return ""
         value = row.get(self.monitor)

@@ -8,7 +8,8 @@ to set beside a configuration where the protocol is comparable. Optional ``[[gro
 then groups x configurations x seeds, labelled "group / configuration". ``inherits = "default"``
 merges the parent's ``[profile]`` and ``[defaults]`` and keeps its configurations (and groups,
 published numbers) unless the child lists its own. ``[profile]`` may also name ``reuse``
-(profiles whose finished runs are copied in) and ``columns`` (more metrics in the main table).
+(profiles whose finished runs are copied in), ``columns`` (more metrics in the main table) and
+``screening`` (a quicker profile of the same configurations that the report reads beside it).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Profile:
     reuse: tuple[str, ...] = ()
     #: metrics shown in the main table after the usual ones (mean ± sd over seeds)
     columns: tuple[str, ...] = ()
+    #: a quicker profile of the same configurations whose conclusions the report checks against
+    #: this one's (bench/report/screening.py)
+    screening: str = ""
 
 
 def profile_names() -> list[str]:
@@ -148,6 +152,10 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
         raise ConfigError(f"profile {name!r}: reuse={reuse!r} is invalid; allowed: a list of "
                           "profile names")
+    screening = meta.get("screening", "")
+    if not isinstance(screening, str) or screening == name:
+        raise ConfigError(f"profile {name!r}: screening={screening!r} is invalid; allowed: the "
+                          "name of another profile")
     labels = [c["label"] for c in configs]
     for key in ("baseline", "floor"):
         if meta.get(key) and meta[key] not in labels:
@@ -156,7 +164,7 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
                    meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse),
-                   tuple(columns))
+                   tuple(columns), screening)
 
 
 def with_variants(profile: Profile, specs: list[str]) -> Profile:

@@ -313,7 +313,8 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
             result.diagnostics_seconds += row["diagnostics_seconds"]
         trainer.step = step
         row.update(variant.epoch_end(trainer, row))
-        action = conv.after_epoch(epoch, row, trainer.weights) if conv.active else ""
+        action = conv.after_epoch(epoch, row, trainer.weights, variant.warming_up(step, total)) \
+            if conv.active else ""
         result.history.append(row)
         result.stopped_epoch = epoch
         bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")

@@ -3,6 +3,7 @@ evaluated, and an early-stopped run resumed from its checkpoint to identical num
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from conftest import StoppedAfterCheckpoint
@@ -168,3 +169,37 @@ def test_the_protocol_watches_from_its_first_epoch():
     # epochs 1-3 (a warm-up) are not watched: their better values are no best
     assert drive(conv, [1, 1, 1, 5, 4, 4.5, 4.6]) == ["", "", "", "", "", "", "stop"]
     assert conv.best_epoch == 5 and conv.best == 4
+
+
+def test_epochs_of_a_warm_up_are_not_watched():
+    """An epoch that ends while the variant still warms up (Variant.warming_up) counts as
+    nothing, whatever train.protocol_from says."""
+    conv = Convergence(patience=2)
+    warm = [True, True, False, False, False, False]
+    acts = [conv.after_epoch(e, {"val_neg_elbo": v}, lambda e=e: {"w": e}, w)
+            for e, (v, w) in enumerate(zip([1, 2, 5, 4, 4.5, 4.6], warm, strict=True), 1)]
+    assert acts == ["", "", "", "", "", "stop"] and conv.best_epoch == 4
+
+
+@pytest.mark.parametrize("variant, hp, warm_steps", [
+    ("kl-anneal", {"schedule": "linear", "warmup": 0.5}, 50),
+    ("bn-vae", {"warmup": 0.3}, 30),
+    ("du-vae", {"warmup": 0.3}, 30),
+    ("vae", {}, 0),
+    ("beta", {"beta": 0.5}, 0),
+])
+def test_which_variants_warm_up_and_for_how_long(variant, hp, warm_steps):
+    from variants import resolve as variant_class
+    v = variant_class(variant)(**hp)
+    v.steps_per_epoch = 10
+    assert [s for s in range(100) if v.warming_up(s, 100)] == list(range(warm_steps))
+
+
+def test_a_run_with_a_kl_warm_up_keeps_no_best_before_its_weight_reaches_1(tmp_path):
+    path = execute(apply_overrides(RunConfig(), {
+        **TINY, "variant": "kl-anneal", "schedule": "linear", "warmup": 0.5, "train.epochs": 6,
+        "train.stop_patience": 10}), tmp_path)
+    hist = pd.read_csv(path / "history.csv")
+    # the weight reaches 1 at step 3 * steps-per-epoch: epochs 1-2 are not watched
+    assert hist["best"].isna().tolist() == [True, True, False, False, False, False]
+    assert metrics(path)["best_epoch"] >= 3

@@ -117,3 +117,41 @@ def test_stage_table_takes_the_last_epoch_of_each_learning_rate_stage(tmp_path):
     assert table.loc[1, "train -ELBO"] == "8.00 ± 1.41"  # 7 and 9
     assert table.loc[1, "val AU by layer"] == "2.0+0.0"
     assert "val KL" not in table  # no run of the table has it
+
+
+@pytest.mark.parametrize("screen, trained, expected", [
+    ((-1.0, 0.5), (-2.0, 0.5), "held"),     # both below 0
+    ((0.2, 0.5), (-0.1, 0.5), "held"),      # neither excludes 0
+    ((-1.0, 0.5), (1.0, 0.5), "reversed"),
+    ((-1.0, 0.5), (-0.3, 0.5), "lost"),
+    ((0.1, 0.5), (3.0, 0.5), "new"),
+    ((1.0, float("nan")), (3.0, 0.5), "n/a"),  # one seed: no interval
+])
+def test_screening_verdicts(screen, trained, expected):
+    from bench.report.screening import verdict
+    assert verdict(screen, trained) == expected
+
+
+def test_screening_table_pairs_each_configuration_with_its_screening_conclusion():
+    from bench.report.screening import screening_counts, screening_reading, screening_table
+    # trained: `fix` still beats vae on NLL and KL; `noisy` now differs clearly on KL
+    trained = summary([
+        ("vae", 0, 80.0, 0.3, 0.2, 1.0), ("vae", 1, 81.0, 0.5, 0.4, 1.0),
+        ("vae", 2, 82.0, 0.4, 0.3, 1.0),
+        ("fix", 0, 79.0, 5.0, 0.2, 1.0), ("fix", 1, 80.1, 6.0, 0.4, 1.0),
+        ("fix", 2, 81.2, 5.5, 0.3, 1.0),
+        ("noisy", 0, 80.0, 9.0, 1.0, 1.0), ("noisy", 2, 82.0, 9.1, 1.1, 1.0),
+        ("only-here", 0, 80.0, 1.0, 1.0, 1.0),
+    ])
+    table = screening_table(trained, DATA, "vae").set_index("configuration")
+    assert "only-here" not in table.index and "floor" not in table.index  # not in both
+    fix = table.loc["fix"]
+    # screening: fix - vae NLL -1.0, -0.8, -1.1 (excludes 0); trained -1.0, -0.9, -0.8
+    assert fix["ΔNLL screening"] == "-0.97 *" and fix["ΔNLL trained"] == "-0.90 *"
+    assert fix["NLL"] == "held" and fix["KL"] == "held"
+    assert fix["MI"] == "lost"  # MI +2.93 * in screening, exactly 0 on trained models
+    noisy = table.loc["noisy"]  # seeds 0 and 2: KL +1.7, +1.6 in screening; +8.7 twice trained
+    assert noisy["KL"] == "held" and noisy["ΔKL trained"].endswith("*")
+    counts = screening_counts(table.reset_index())
+    assert sum(counts.values()) == 6 and counts["lost"] >= 1
+    assert "lost: g / fix MI" in screening_reading(table.reset_index())

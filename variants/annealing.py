@@ -58,6 +58,8 @@ class KLAnnealing(Variant):
 
     neutral = {"schedule": "linear", "warmup": 0.0}
 
+    anneals = True
+
     def kl_weight(self, step, total_steps):
         kind, hp = self.hp["schedule"], self.hp
         if kind == "cyclical":

@@ -137,6 +137,16 @@ class Variant:
     def kl_weight(self, step: int, total_steps: int) -> float:
         return 1.0
 
+    #: whether ``kl_weight`` ramps up to 1 (a KL warm-up, an autoencoder phase): see warming_up
+    anneals: bool = False
+
+    def warming_up(self, step: int, total_steps: int) -> bool:
+        """Whether the objective at ``step`` is still a warm-up toward the run's final one (an
+        annealing variant whose KL weight is below 1). The convergence protocol
+        (``bench.convergence``) neither counts such epochs nor keeps their weights as the best:
+        a warm-up's validation -ELBO may rise while the weight does, without any plateau."""
+        return self.anneals and self.kl_weight(step, total_steps) < 1.0
+
     def regularizer(self, kl: Tensor) -> Tensor:
         """The KL term from the per-unit KL of shape (B, U): batch mean, then sum over units."""
         return kl.mean(0).sum()

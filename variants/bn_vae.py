@@ -53,5 +53,7 @@ class BNVAE(Variant):
     def posterior_head(self, latent):
         return MeanBatchNorm(latent.dim, self.hp["gamma"])
 
+    anneals = True
+
     def kl_weight(self, step, total_steps):
         return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0

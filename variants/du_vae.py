@@ -73,6 +73,8 @@ class DUVAE(Variant):
         return DiversityUncertainty(latent.dim, self.hp["gamma"], self.hp["p"],
                                     annealed=self.hp["warmup"] == 0.0)
 
+    anneals = True
+
     def kl_weight(self, step, total_steps):
         return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0
 

@@ -93,6 +93,8 @@ class PretrainedEncoder(Variant):
     def lr_factor(self, step, total_steps):
         return 0.5 ** self.halvings
 
+    anneals = True
+
     def kl_weight(self, step, total_steps):
         if self.ae_steps is None:
             return 0.0

@@ -16,6 +16,7 @@ from ..suite import Profile, runs_dir
 from .figures import figures
 from .paired import paired_table, reading
 from .records import PRINTED, load_run, summarize
+from .screening import screening_reading, screening_table
 from .tables import main_table, markdown, published_table, reference_section, stage_table
 from .timing import throughput_section
 
@@ -118,6 +119,33 @@ def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
     return out
 
 
+def _screening_section(profile: Profile, summary: pd.DataFrame, results: Path) -> list[str]:
+    """The conclusions of the screening profile (``screening`` in [profile]) set beside this
+    profile's, configuration by configuration (bench/report/screening.py)."""
+    if not profile.screening or not profile.baseline:
+        return []
+    from ..suite import load_profile
+
+    screen_profile = load_profile(profile.screening)
+    name = screen_profile.name
+    head = [f"## Which conclusions of the screening profile `{name}` hold here", ""]
+    screen = summarize(screen_profile, results)
+    if (screen["status"] != "ok").all():
+        return head + [f"No finished runs of `{name}` under {runs_dir(results, screen_profile)}"
+                       f": run `vae-bench suite --profile {name}` to compare.", ""]
+    table = screening_table(summary, screen, profile.baseline, (Path(name).stem, profile.name))
+    if table.empty:
+        return head + [f"`{name}` and `{profile.name}` share no configuration.", ""]
+    return head + [
+        f"Each configuration's paired difference with `{profile.baseline}` (mean over seeds; * "
+        f"where the 95 % t interval excludes 0) in `{name}` (screening) and here, and the "
+        "verdict per metric: held (the same conclusion: the same sign with the interval "
+        "excluding 0, or no difference in both), reversed (opposite signs, both excluding 0), "
+        "lost (a screening difference not found here), new (found here only).", "",
+        markdown(table), "",
+        f"**Reading** (generated from the numbers): {screening_reading(table)}", ""]
+
+
 def _mi_bound(summary: pd.DataFrame) -> str:
     if "mutual_info_bound" not in summary:
         return ""
@@ -193,6 +221,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
                   "Protocols differ where the table says so; a gap is expected where ours trains "
                   "for minutes and theirs for days."]
     lines += reference_section(profile)
+    screening = _screening_section(profile, summary, results)
+    lines += ["", *screening[:-1]] if screening else []
     lines += ["", "## Throughput", "", throughput_section(Path(results))]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(reports).as_posix()})" for p in figure_paths]

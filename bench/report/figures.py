@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 #: per-epoch validation diagnostics drawn as collapse trajectories (history.csv columns)
-TRAJECTORIES = [("val_kl", "KL (nats)"), ("val_mutual_info", "MI (nats)"),
+TRAJECTORIES = [("val_neg_elbo", "-ELBO (nats)"), ("val_kl", "KL (nats)"), ("val_mutual_info", "MI (nats)"),
                 ("val_active_units", "AU (δ = 0.01)"), ("val_active_units_strict", "AU (δ = 0.1)")]
 
 
@@ -33,6 +33,14 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _mean_ragged(rows: list[np.ndarray]) -> np.ndarray:
+    """The mean at each position over the rows long enough to have it."""
+    out = np.full((len(rows), max(map(len, rows))), np.nan)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return np.nanmean(out, 0)
 
 
 def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -> list[Path]:
@@ -80,8 +88,8 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
         if kls:
             ax_kl.plot(np.arange(1, len(kls[0]) + 1), np.mean(kls, 0), color=color[lab],
                        label=lab)
-        if curves:
-            ax_curve.plot(np.arange(1, len(curves[0]) + 1), np.mean(curves, 0),
+        if curves:  # seeds stopped by the convergence protocol end at different epochs
+            ax_curve.plot(np.arange(1, max(map(len, curves)) + 1), _mean_ragged(curves),
                           color=color[lab], label=lab)
     ax_kl.set(yscale="log", xlabel="latent unit (sorted)", ylabel="KL per unit (nats)",
               title="Sorted KL per unit: the collapse picture")
@@ -106,8 +114,10 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
 
 
 def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Path) -> Path | None:
-    """Per group (row) the validation KL, MI and both AU counts against epoch (columns), one line
-    per configuration: the mean over seeds, with a band from the lowest to the highest seed."""
+    """Per group (row) the validation -ELBO, KL, MI and both AU counts against epoch (columns),
+    one line per configuration: the mean over the seeds still training at that epoch (runs under
+    the convergence protocol stop at different epochs), with a band from the lowest to the
+    highest seed."""
     groups = list(dict.fromkeys(ok["group"])) if "group" in ok else [""]
     histories = {run: load_run(runs / run)[2] for run in ok["run"]}
     if not any(h is not None and "val_kl" in h for h in histories.values()):
@@ -118,23 +128,36 @@ def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Pa
     color = _colors(names)
     for row, group in zip(axes, groups, strict=True):
         sub = ok[ok["group"] == group] if group else ok
+        elbo = []  # the -ELBO values drawn in this row, to frame its axis
         for lab in dict.fromkeys(sub["label"]):
             hs = [histories[r] for r in sub.loc[sub["label"] == lab, "run"]]
             hs = [h for h in hs if h is not None and "val_kl" in h]
             if not hs:
                 continue
-            n = min(len(h) for h in hs)
-            epochs = hs[0]["epoch"].to_numpy()[:n]
+            n = max(len(h) for h in hs)
+            epochs = np.arange(1, n + 1)
             for ax, (col, title) in zip(row, TRAJECTORIES, strict=True):
-                vals = np.stack([h[col].to_numpy(dtype=float)[:n] for h in hs])
+                if not all(col in h for h in hs):
+                    continue
+                vals = np.full((len(hs), n), np.nan)
+                for i, h in enumerate(hs):
+                    vals[i, :len(h)] = h[col].to_numpy(dtype=float)
+                if col == "val_neg_elbo":
+                    elbo.append(vals)
                 c = color[lab.split(" / ")[-1]]
-                ax.plot(epochs, vals.mean(0), color=c, label=lab.split(" / ")[-1], lw=1.3)
-                ax.fill_between(epochs, vals.min(0), vals.max(0), color=c, alpha=0.15, lw=0)
+                ax.plot(epochs, np.nanmean(vals, 0), color=c, label=lab.split(" / ")[-1], lw=1.3)
+                ax.fill_between(epochs, np.nanmin(vals, 0), np.nanmax(vals, 0), color=c,
+                                alpha=0.15, lw=0)
                 ax.set(xlabel="epoch", title=f"{group + ': ' if group else ''}{title}")
+        values = np.concatenate([v.ravel() for v in elbo]) if elbo else np.array([])
+        values = values[np.isfinite(values)]
+        if values.size:  # an autoencoder phase's -ELBO would squash every other curve
+            low, high = values.min(), np.percentile(values, 90)
+            row[0].set_ylim(low - 0.05 * (high - low) - 0.5, high + 0.5)
     axes[0, -1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     for ax in axes.ravel():
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[:, :2].ravel():
+    for ax in axes[:, 1:3].ravel():  # KL and MI
         ax.set_yscale("symlog", linthresh=0.1)
     fig.suptitle(f"Collapse trajectories on the validation split ({profile.name}): mean over "
                  "seeds, band = min..max", fontsize=9)
