@@ -146,8 +146,25 @@ def _ray_token_auth(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def cpus_for(cfg: RunConfig) -> int:
+    """The CPUs a Ray task of this run reserves: as many as the threads it computes with (a
+    portable run pins ``numerics.PORTABLE_THREADS``; a native one takes the task's 1), so a
+    node never runs more threads than it has cores."""
+    from . import numerics
+
+    return numerics.PORTABLE_THREADS if cfg.numerics == "portable" else 1
+
+
+def _ray_task(cfg: RunConfig, out: str, data_dir: str | None, threads: int) -> str:
+    """A Ray task: ``run_one``, with the node that ran it recorded in the run's env.json."""
+    import ray
+
+    os.environ["VAE_BENCH_EXECUTOR"] = f"ray node {ray.get_runtime_context().get_node_id()}"
+    return run_one(cfg, out, data_dir, threads)
+
+
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
-    """One Ray task per run (1 CPU, 1 GPU for cuda runs), retried when a worker dies. Every task
+    """One Ray task per run (``cpus_for`` CPUs, 1 GPU for cuda runs), retried when a worker dies. Every task
     writes its own record under ``out``, which must be on storage the workers share; the driver
     only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
     check_ray_address(address)
@@ -169,9 +186,15 @@ def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str
                           "without a cluster: --backend local") from None
     from . import numerics
 
-    task = ray.remote(run_one)
-    refs = [task.options(num_cpus=1, num_gpus=1 if cfg.device == "cuda" else 0, max_retries=3,
-                         retry_exceptions=False,
+    need = max(cpus_for(cfg) for cfg in configs) if configs else 0
+    most = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if need > most:  # Ray would wait for such a node forever
+        raise ConfigError(f"a portable run reserves {need} CPUs (its pinned threads) and no node "
+                          f"of this Ray cluster has more than {most:g}; allowed: nodes started "
+                          f"with --num-cpus >= {need}, or numerics=native (1 CPU per run)")
+    task = ray.remote(_ray_task)
+    refs = [task.options(num_cpus=cpus_for(cfg), num_gpus=1 if cfg.device == "cuda" else 0,
+                         max_retries=3, retry_exceptions=False,
                          # a worker loads torch in the run's numerics mode (one that loaded it
                          # otherwise runs the task in a fresh process of that mode)
                          runtime_env={"env_vars": numerics.environment_for(cfg.numerics, {})})

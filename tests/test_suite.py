@@ -168,6 +168,49 @@ def test_ray_backend_matches_the_local_backend(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
+def test_two_ray_workers_on_a_loopback_cluster_run_each_run_once(tmp_path, uninterrupted):
+    """The README's cluster recipe on one machine: `ray start --head` with 2 CPUs, a second
+    node joining with `ray start --address` and 2 CPUs (a portable run reserves 2), then `suite --backend ray
+    --ray-address`: the runs spread over both nodes (env.json names the node), every run of the
+    grid lands exactly once, and the numbers equal the local backend's."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from bench.runner import run_name
+    from bench.suite import grid
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = 6950 + os.getpid() % 40
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    try:
+        head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                               "--include-dashboard=false", "--disable-usage-stats"],
+                              capture_output=True, text=True, env=env, timeout=180)
+        assert head.returncode == 0, head.stderr[-2000:]
+        # a node joins a token-authenticated head (Ray >= 2.60) with RAY_AUTH_MODE=token
+        node = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                               "--disable-usage-stats"], capture_output=True, text=True,
+                              env={**env, "RAY_AUTH_MODE": "token"}, timeout=180)
+        assert node.returncode == 0, node.stderr[-2000:]
+        path = write_profile(tmp_path, epochs=20)
+        profile = load_profile(str(path))
+        out = subprocess.run(suite_cmd(path, tmp_path / "results", "--backend", "ray",
+                                       "--ray-address", f"127.0.0.1:{port}"),
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        counts = json.loads(out.stdout.strip().splitlines()[-1])
+        assert counts["ok"] == counts["total"] == 6
+        runs = tmp_path / "results" / "tiny" / "runs"
+        names = complete_or_absent(runs)
+        assert sorted(names) == sorted(run_name(cfg) for _, cfg in grid(profile))
+        assert not (runs / ".damaged").exists()
+        executors = {json.loads((runs / n / "env.json").read_text())["executor"] for n in names}
+        assert len(executors) == 2 and all(e.startswith("ray node ") for e in executors), \
+            executors
+        assert frame(profile, tmp_path / "results").equals(uninterrupted)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.mark.slow
 def test_ray_cluster_started_as_ray_documents_it(tmp_path, uninterrupted):
     """`ray start --head` on loopback (Ray >= 2.60 turns token authentication on for it), then
     `suite --backend ray --ray-address HOST:PORT` with no RAY_AUTH_MODE set: the suite runs and
