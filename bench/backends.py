@@ -164,9 +164,9 @@ def _ray_task(cfg: RunConfig, out: str, data_dir: str | None, threads: int) -> s
 
 
 def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
-    """One Ray task per run (``cpus_for`` CPUs, 1 GPU for cuda runs), retried when a worker dies. Every task
-    writes its own record under ``out``, which must be on storage the workers share; the driver
-    only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    """One Ray task per run (``cpus_for`` CPUs, 1 GPU for cuda runs), retried when a worker dies.
+    Every task writes its own record under ``out``, which must be on storage the workers share;
+    the driver only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
     check_ray_address(address)
     _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
     try:

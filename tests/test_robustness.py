@@ -375,3 +375,26 @@ def test_a_variant_precondition_is_checked_before_training(tmp_path, capsys):
                     str(tmp_path), "--set", "train.validation_size=0"], capsys)
     assert "validation" in err and time.monotonic() - start < 30
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A portable run's task reserves 2 CPUs; on a cluster whose nodes have 1 CPU each Ray would
+    wait forever, so the suite refuses before submitting anything (Ray itself replaced by a
+    stand-in that reports such a cluster)."""
+    import types
+
+    from bench.backends import _ray
+
+    submitted = []
+    fake = types.SimpleNamespace(
+        init=lambda **kw: None,
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}},
+                       {"Alive": False, "Resources": {"CPU": 8.0}}],  # a dead node counts not
+        remote=lambda fn: submitted.append(fn))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    cfg = resolve(apply_overrides(RunConfig(), {"dataset": "digits"}))
+    assert cfg.numerics == "portable"
+    with pytest.raises(ConfigError, match="reserves 2 CPUs .* no node of this Ray cluster has "
+                                          "more than 1;"):
+        list(_ray([cfg], tmp_path, None, None))
+    assert not submitted

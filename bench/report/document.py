@@ -133,7 +133,7 @@ def _screening_section(profile: Profile, summary: pd.DataFrame, results: Path) -
     if (screen["status"] != "ok").all():
         return head + [f"No finished runs of `{name}` under {runs_dir(results, screen_profile)}"
                        f": run `vae-bench suite --profile {name}` to compare.", ""]
-    table = screening_table(summary, screen, profile.baseline, (Path(name).stem, profile.name))
+    table = screening_table(summary, screen, profile.baseline, (name, profile.name))
     if table.empty:
         return head + [f"`{name}` and `{profile.name}` share no configuration.", ""]
     return head + [
