@@ -269,10 +269,31 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line():
     assert time.monotonic() - start < 5
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT as a terminal gives it. A test run started in the background
+    (`make test &`, nohup, some CI runners) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler at all, so Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+                            start_new_session=True, preexec_fn=_as_from_a_terminal, **kw)
+
+
+@pytest.fixture
+def group_killed_after():
+    """Popen objects appended here have their whole process group killed when the test ends,
+    passed or failed: a failed signal test must not leave a training suite running."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def children_of(proc: subprocess.Popen, n: int, wait: float = 60) -> list[int]:
@@ -311,8 +332,9 @@ def still_alive(pids: list[int], wait: float = 30) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path):
+def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path, group_killed_after):
     proc = cli("run", "--dataset", "digits", "--epochs", "500", "--out", str(tmp_path))
+    group_killed_after.append(proc)
     assert training(tmp_path, 1)  # not while still importing: inside training
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
     assert proc.wait(60) == 130
@@ -321,11 +343,12 @@ def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path):
 
 
 @pytest.mark.slow
-def test_pool_workers_die_with_a_killed_parent(tmp_path):
+def test_pool_workers_die_with_a_killed_parent(tmp_path, group_killed_after):
     (tmp_path / "lag.toml").write_text(LAGGING.replace('"train.epochs" = 2',
                                                        '"train.epochs" = 400'))
     proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
                str(tmp_path / "r"))
+    group_killed_after.append(proc)
     children = children_of(proc, 2)
     assert children, "no workers started"
     os.kill(proc.pid, signal.SIGKILL)
@@ -353,11 +376,13 @@ def test_a_run_that_diverges_says_so_and_exits_1(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(tmp_path):
+def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(
+        tmp_path, group_killed_after):
     (tmp_path / "lag.toml").write_text(LAGGING.replace('"train.epochs" = 2',
                                                        '"train.epochs" = 400'))
     proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
                str(tmp_path / "r"))
+    group_killed_after.append(proc)
     children = children_of(proc, 3)  # the resource tracker and two workers
     assert training(tmp_path / "r" / "lag" / "runs", 2)  # both workers inside a run
     os.killpg(proc.pid, signal.SIGINT)
