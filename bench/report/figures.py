@@ -35,12 +35,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _mean_ragged(rows: list[np.ndarray]) -> np.ndarray:
-    """The mean at each position over the rows long enough to have it."""
+def _padded(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of different lengths (runs stopped at different epochs) as one array, NaN-padded."""
     out = np.full((len(rows), max(map(len, rows))), np.nan)
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
-    return np.nanmean(out, 0)
+    return out
 
 
 def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -> list[Path]:
@@ -89,7 +89,7 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
             ax_kl.plot(np.arange(1, len(kls[0]) + 1), np.mean(kls, 0), color=color[lab],
                        label=lab)
         if curves:  # seeds stopped by the convergence protocol end at different epochs
-            ax_curve.plot(np.arange(1, max(map(len, curves)) + 1), _mean_ragged(curves),
+            ax_curve.plot(np.arange(1, max(map(len, curves)) + 1), np.nanmean(_padded(curves), 0),
                           color=color[lab], label=lab)
     ax_kl.set(yscale="log", xlabel="latent unit (sorted)", ylabel="KL per unit (nats)",
               title="Sorted KL per unit: the collapse picture")
@@ -139,9 +139,7 @@ def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Pa
             for ax, (col, title) in zip(row, TRAJECTORIES, strict=True):
                 if not all(col in h for h in hs):
                     continue
-                vals = np.full((len(hs), n), np.nan)
-                for i, h in enumerate(hs):
-                    vals[i, :len(h)] = h[col].to_numpy(dtype=float)
+                vals = _padded([h[col].to_numpy(dtype=float) for h in hs])
                 if col == "val_neg_elbo":
                     elbo.append(vals)
                 c = color[lab.split(" / ")[-1]]
