@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runner import evaluate_run
 
-    metrics = evaluate_run(Path(args.run_dir), args.k, args.data_dir)
+    metrics = evaluate_run(Path(args.run_dir), args.k, args.data_dir, args.svae_tf_ll)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
@@ -229,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="reload a run's model and print its metrics as JSON")
     e.add_argument("run_dir")
     e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's)")
+    e.add_argument("--svae-tf-ll", type=_positive_int, metavar="N",
+                   help="also Davidson et al. 2018's code's 'LL' with N samples (log p(x|z) of "
+                        "one sample; bench.metrics.svae_tf_ll_points), to read their Table 1")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("suite", help="run a profile's grid (configurations x seeds), resuming")

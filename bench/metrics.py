@@ -145,6 +145,29 @@ def nll_is_points(model, q, x: Tensor, k: int, seed: int) -> tuple[Tensor, Tenso
     return torch.cat(nll), torch.cat(ess)
 
 
+def svae_tf_ll_points(model, q, x: Tensor, n: int, seed: int) -> Tensor:
+    """Per point: the "LL" of Davidson et al. 2018's code (nicola-decao/s-vae-tf
+    ``examples/mnist.py``, ``log_likelihood``), which their Table 1 reports, as written there:
+    log p(x|z_0) of ONE posterior sample z_0 (the training graph's) plus logmeanexp over n fresh
+    samples z_j ~ q of log p(z_j) - log q(z_j|x). It is not an importance-sampled likelihood: its
+    expectation is E_q log p(x|z) + E log mean_j p(z_j)/q(z_j|x), between the ELBO (n = 1, in
+    expectation) and E_q log p(x|z) = ELBO + KL (n -> infinity, where the mean ratio -> 1). The
+    paper calls it the importance-sampled log-likelihood; their PyTorch port (s-vae-pytorch) and
+    ``nll_is_points`` take log p(x|z_j) of each sample instead. Kept to read their numbers with
+    their estimator beside ours (``vae-bench evaluate --svae-tf-ll``), never as a suite metric."""
+    out = []
+    for block, i in enumerate(range(0, len(x), IS_BLOCK)):
+        gen = generator(seed, "svae-tf-ll", block, device=x.device)
+        qb, xb = q.slice(i, i + IS_BLOCK), x[i:i + IS_BLOCK]
+        recon = model.log_likelihood(xb, qb.sample(1, gen))[0].double()
+        acc = StreamingLogSumExp()
+        for start in range(0, n, IS_CHUNK):
+            z = qb.sample(min(IS_CHUNK, n - start), gen)
+            acc.add((qb.prior_log_prob(z) - qb.log_prob(z)).double())
+        out.append(recon + acc.logsumexp() - math.log(n))
+    return torch.cat(out)
+
+
 def active_units(q, gen: torch.Generator | None = None) -> dict[str, float]:
     """Units whose activity statistic varies over the split: Var_x summed over its classes > delta,
     counted at Burda's delta = 0.01 and at the strict 0.1 (``ACTIVE_THRESHOLD_STRICT``).

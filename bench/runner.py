@@ -33,7 +33,8 @@ from .config import (
     variant_source,
 )
 from .convergence import Convergence
-from .metrics import evaluate, validation_diagnostics, validation_minibatch_mi
+from .metrics import (encode, evaluate, mean_se, svae_tf_ll_points, validation_diagnostics,
+                      validation_minibatch_mi)
 from .results import (
     damage,
     ensure_writable,
@@ -336,9 +337,18 @@ def load_run(run_dir: Path, data_dir: str | None = None):
 
 
 def evaluate_run(run_dir: Path, is_samples: int | None = None,
-                 data_dir: str | None = None) -> dict:
+                 data_dir: str | None = None, svae_tf_ll: int | None = None) -> dict:
+    """A finished run's metrics recomputed from its weights (``is_samples``: another K). With
+    ``svae_tf_ll`` = n, also Davidson et al.'s code's "LL" with n samples
+    (``bench.metrics.svae_tf_ll_points``), as ``svae_tf_ll`` and its standard error."""
     cfg, model, dataset = load_run(run_dir, data_dir)
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     k = cfg.eval.is_samples if is_samples is None else is_samples
-    return evaluate(model, dataset.test.to(dtype=dtype, device=device), k,
-                    cfg.eval.elbo_samples, cfg.eval.seed)
+    x = dataset.test.to(dtype=dtype, device=device)
+    out = evaluate(model, x, k, cfg.eval.elbo_samples, cfg.eval.seed)
+    if svae_tf_ll:
+        with torch.no_grad():
+            points = svae_tf_ll_points(model, encode(model, x), x, svae_tf_ll, cfg.eval.seed)
+        out["svae_tf_ll"], out["svae_tf_ll_se"] = mean_se(points)
+        out["svae_tf_ll_samples"] = svae_tf_ll
+    return out

@@ -47,6 +47,17 @@ def test_evaluate_reproduces_the_run_metrics(digits_run):
         assert again[key] == saved[key], key
 
 
+def test_evaluate_adds_davidsons_ll_estimate_only_when_asked(digits_run):
+    # s-vae-tf's "LL" keeps log p(x|z) of one sample: in expectation between the ELBO and
+    # E_q log p(x|z) = -recon (4 standard errors of slack at both ends)
+    plain = json.loads(vae_bench("evaluate", str(digits_run)).stdout)
+    assert "svae_tf_ll" not in plain
+    out = json.loads(vae_bench("evaluate", str(digits_run), "--svae-tf-ll", "50").stdout)
+    assert out["svae_tf_ll_samples"] == 50
+    assert -out["neg_elbo"] - 4 * out["svae_tf_ll_se"] < out["svae_tf_ll"] \
+        < -out["recon"] + 4 * out["svae_tf_ll_se"]
+
+
 def test_same_command_twice_gives_identical_metrics(digits_run, tmp_path):
     proc = vae_bench("run", "--variant", "vae", *SMALL, "--out", str(tmp_path),
                      "--deterministic")
