@@ -191,6 +191,21 @@ def active_units(q, gen: torch.Generator | None = None) -> dict[str, float]:
     return out
 
 
+def active_directions(q, gen: torch.Generator | None = None) -> int:
+    """Latent directions in use: eigenvalues of Cov_x E_q[z|x] (the activity statistic's full
+    covariance over the split) above Burda's 0.01. ``active_units`` counts its diagonal, so it
+    assumes the code is axis-aligned; this count does not change under a rotation of the latent
+    space. Both agree where the code is axis-aligned (a linear VAE at its optimum, Lucas et al.
+    2019); where trained units share near-degenerate directions, only this one counts the
+    directions themselves (the linear-collapse profile reports both)."""
+    act = q.activity(gen).double()
+    act = act.reshape(len(act), -1)
+    if not act.shape[1]:
+        return 0
+    return int((torch.linalg.eigvalsh(torch.cov(act.T).reshape(act.shape[1], -1))
+                > ACTIVE_THRESHOLD).sum().item())
+
+
 @torch.no_grad()
 def mutual_info(q, gen: torch.Generator, chunk: int = 256) -> dict[str, float]:
     """I_q(x; z) = E_x E_q[log q(z|x)] - E_q[log qbar(z)], qbar = (1/N) sum_j q(z|x_j).

@@ -45,7 +45,8 @@ def test_a_trained_linear_vae_collapses_exactly_the_units_the_law_predicts(
         "train.lr_decay_patience": 8, "train.max_decays": 3,
         "eval.is_samples": 50, "eval.elbo_samples": 100})
     m = json.loads((execute(cfg, tmp_path) / "metrics.json").read_text())
-    assert m["collapsed_predicted"] == collapsed == m["collapsed_measured"]
+    assert m["collapsed_predicted"] == collapsed == m["collapsed_measured"] \
+        == m["collapsed_directions"]
     assert m["stop_reason"] == "decays"
     assert abs(m["nll_exact"] - m["ppca_nll"]) < 0.05
     assert abs(m["neg_elbo"] - m["ppca_nll"]) < 0.25

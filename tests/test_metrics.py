@@ -103,6 +103,27 @@ def test_active_units_counts_planted_live_dimensions():
     assert out["unit_variance"][4] == 0.0
 
 
+def test_active_directions_count_a_direction_spread_over_two_units():
+    # Planted: variances 1, 0.04, 0.016 along three orthogonal directions, the third spread evenly
+    # over units 3 and 4 (0.008 each, under Burda's 0.01): the unit count misses it, the direction
+    # count does not; under a random rotation of the whole code only the direction count holds.
+    g = torch.Generator().manual_seed(1)
+    n, d = 5000, 6
+    base = torch.zeros(n, d, dtype=torch.float64)
+    base[:, 0] = torch.randn(n, generator=g, dtype=torch.float64)
+    base[:, 1] = 0.2 * torch.randn(n, generator=g, dtype=torch.float64)
+    base[:, 2] = 0.1265 * torch.randn(n, generator=g, dtype=torch.float64)
+    spread = base.clone()
+    spread[:, 2], spread[:, 3] = base[:, 2] / math.sqrt(2), base[:, 2] / math.sqrt(2)
+    q = GaussianPosterior(spread, torch.zeros_like(spread))
+    assert metrics.active_units(q)["active_units"] == 2
+    assert metrics.active_directions(q) == 3
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    rotated = GaussianPosterior(base @ rot, torch.zeros_like(base))
+    assert metrics.active_directions(rotated) == 3
+    assert metrics.active_units(rotated)["active_units"] != 3
+
+
 def test_active_units_for_categorical_variables():
     from variants.latents import CategoricalPosterior
 
