@@ -33,8 +33,15 @@ from .config import (
     variant_source,
 )
 from .convergence import Convergence
-from .metrics import (active_directions, encode, evaluate, mean_se, svae_tf_ll_points,
-                      validation_diagnostics, validation_minibatch_mi)
+from .metrics import (
+    active_directions,
+    encode,
+    evaluate,
+    mean_se,
+    svae_tf_ll_points,
+    validation_diagnostics,
+    validation_minibatch_mi,
+)
 from .results import (
     damage,
     ensure_writable,
