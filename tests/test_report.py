@@ -64,6 +64,10 @@ def test_reading_names_collapse_kl_above_one_nat_and_what_beats_the_floor():
     assert "not distinguishable: noisy" in text
     assert "Best NLL: fix (90.03)" in text
     assert "Most expensive: fix, 3.0x the training time of `vae`." in text
+    # where every configuration trained faster than the baseline, the sentence says so
+    cheap = reading(DATA[DATA["variant"].isin(["vae", "floor"])], "vae", "floor")
+    assert "None trained slower than `vae` (at most floor, 0.8x)." in cheap
+    assert "Most expensive" not in cheap
 
 
 def test_default_profile_sets_the_reference_table_beside_ours():
@@ -154,4 +158,11 @@ def test_screening_table_pairs_each_configuration_with_its_screening_conclusion(
     assert noisy["KL"] == "held" and noisy["ΔKL trained"].endswith("*")
     counts = screening_counts(table.reset_index())
     assert sum(counts.values()) == 6 and counts["lost"] >= 1
-    assert "lost: g / fix MI" in screening_reading(table.reset_index())
+    reading = screening_reading(table.reset_index())
+    assert reading.startswith("Of 6 screening conclusions") and "lost: g / fix MI" in reading
+    # a configuration with one trained seed has no interval: counted apart, not as "not held"
+    one = screening_table(trained[trained["seed"] == 0], DATA, "vae")
+    assert set(one["NLL"]) == {"n/a"}
+    assert screening_reading(one).startswith(
+        f"Of 0 screening conclusions (configuration x ΔNLL/ΔKL/ΔMI), 0 held on trained models "
+        f"({3 * len(one)} more not yet comparable")

@@ -98,5 +98,8 @@ def reading(summary: pd.DataFrame, baseline: str, floor: str) -> str:
     if baseline in mean.index and len(mean) > 1:  # a group of the baseline alone has no cost
         cost = (mean["train_seconds"] / mean.loc[baseline, "train_seconds"]).drop(baseline)
         top = cost.idxmax()
-        parts.append(f"Most expensive: {top}, {cost[top]:.1f}x the training time of `{baseline}`.")
+        if cost[top] > 1:
+            parts.append(f"Most expensive: {top}, {cost[top]:.1f}x the training time of `{baseline}`.")
+        else:
+            parts.append(f"None trained slower than `{baseline}` (at most {top}, {cost[top]:.1f}x).")
     return " ".join(parts)

@@ -86,11 +86,14 @@ def screening_counts(table: pd.DataFrame) -> dict[str, int]:
 def screening_reading(table: pd.DataFrame) -> str:
     """A generated sentence: how many conclusions held, and which changed."""
     counts = screening_counts(table)
+    pending = counts.pop("n/a", 0)
     total = sum(counts.values())
-    if not total:
+    if not total and not pending:
         return ""
     parts = [f"Of {total} screening conclusions (configuration x ΔNLL/ΔKL/ΔMI), "
              f"{counts.get('held', 0)} held on trained models"]
+    if pending:  # fewer than 2 seeds on one side: no interval yet
+        parts[0] += f" ({pending} more not yet comparable: fewer than 2 seeds)"
     where = "setting" in table
     for v in ("reversed", "lost", "new"):
         items = [f"{(r['setting'] + ' / ') if where else ''}{r['configuration']} {title}"
