@@ -166,3 +166,26 @@ def test_screening_table_pairs_each_configuration_with_its_screening_conclusion(
     assert screening_reading(one).startswith(
         f"Of 0 screening conclusions (configuration x ΔNLL/ΔKL/ΔMI), 0 held on trained models "
         f"({3 * len(one)} more not yet comparable")
+
+
+def test_compute_section_sums_each_run_and_the_pretrained_decoders_it_started_from(tmp_path):
+    from bench.report.compute import compute_section, compute_table
+    data = DATA.copy()  # train_seconds 9-33 s; add diagnostics and evaluation
+    data["diagnostics_seconds"], data["eval_seconds"] = 6.0, 3.0
+    data["stopped_epoch"] = [25, 25, 20, 7, 9, 11, 25, 25, 25, 25, 25]
+    data["pretrained_decoder"] = "decoder-only-s0"
+    (tmp_path / "decoder-only-s0").mkdir()
+    (tmp_path / "decoder-only-s0" / "metrics.json").write_text(
+        '{"train_seconds": 100.0, "diagnostics_seconds": 20.0, "eval_seconds": 0.0}')
+    table = compute_table(data).set_index("configuration")
+    fix = table.loc["g / fix"]  # 3 runs of 33 + 6 + 3 = 42 s: 0.7 min each, 2.1 min in all
+    assert fix["runs"] == 3 and fix["min/run"] == "0.7" and fix["min, all runs"] == "2.1"
+    assert table.loc["g / floor", "epochs"] == "7–11" and table.loc["g / vae", "epochs"] == "20–25"
+    text = compute_section(data, tmp_path)[-1]
+    grid = (10 + 12 + 11 + 9 * 3 + 33 * 3 + 11 * 2) + 9 * 11  # train, then diagnostics + eval
+    assert f"Summed over the 11 finished runs: {grid / 3600:.2f} h" in text
+    assert f"2.0 min for the 1 pretrained decoders they start from: {(grid + 120) / 3600:.2f} h" in text
+    assert "Longest run: g / fix seed 0, 0.7 min" in text
+    # a run that did not finish is named as not counted
+    data.loc[data.index[-1], "status"] = "missing"
+    assert "1 runs not finished, not counted" in compute_section(data, tmp_path)[-1]

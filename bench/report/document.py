@@ -13,6 +13,7 @@ from variants.base import ConfigError
 from ..config import SUITE_VERSION
 from ..data import TEST_BINARIZATION_SEED
 from ..suite import Profile, runs_dir
+from .compute import compute_section
 from .figures import figures
 from .paired import paired_table, reading
 from .records import PRINTED, load_run, summarize
@@ -223,6 +224,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
     lines += reference_section(profile)
     screening = _screening_section(profile, summary, results)
     lines += ["", *screening[:-1]] if screening else []
+    if "stop_reason" in summary and summary["stop_reason"].notna().any():  # long profiles
+        lines += ["", *compute_section(summary, runs_dir(results, profile))]
     lines += ["", "## Throughput", "", throughput_section(Path(results))]
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}]({p.relative_to(reports).as_posix()})" for p in figure_paths]

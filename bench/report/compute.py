@@ -1,0 +1,83 @@
+"""The measured compute of a profile's runs, from their records: per configuration the epochs
+trained and the minutes per run (training, the validation diagnostics of every epoch end, the
+test evaluation), the total over seeds, and the pretrained decoders the runs started from (runs
+of their own). What a user plans a cluster with: the whole grid's cost and its longest run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import read_json
+from .tables import markdown
+
+PARTS = ("train_seconds", "diagnostics_seconds", "eval_seconds")
+
+
+def _seconds(frame: pd.DataFrame) -> pd.Series:
+    """Training + validation diagnostics + evaluation of each run (a part it lacks counts 0)."""
+    return sum(frame.get(p, pd.Series(0.0, index=frame.index)).astype(float).fillna(0.0)
+               for p in PARTS)
+
+
+def _epochs(frame: pd.DataFrame) -> str:
+    if "stopped_epoch" not in frame or frame["stopped_epoch"].isna().all():
+        return "n/a"
+    lo, hi = int(frame["stopped_epoch"].min()), int(frame["stopped_epoch"].max())
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def compute_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration with finished runs: runs, epochs, minutes per run (mean of
+    training, diagnostics, evaluation, and their sum) and the sum over its runs."""
+    ok = summary[summary["status"] == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["_seconds"] = _seconds(ok)
+    rows = []
+    for label, frame in ok.groupby("label", sort=False):
+        mean = {p: frame[p].astype(float).mean() / 60 if p in frame else float("nan")
+                for p in PARTS}
+        rows.append({"configuration": label, "runs": len(frame), "epochs": _epochs(frame),
+                     "train min/run": f"{mean['train_seconds']:.1f}",
+                     "diagnostics min/run": f"{mean['diagnostics_seconds']:.1f}",
+                     "eval min/run": f"{mean['eval_seconds']:.1f}",
+                     "min/run": f"{frame['_seconds'].mean() / 60:.1f}",
+                     "min, all runs": f"{frame['_seconds'].sum() / 60:.1f}"})
+    return pd.DataFrame(rows)
+
+
+def pretrained_seconds(summary: pd.DataFrame, runs: Path) -> dict[str, float]:
+    """The compute of each pretrained decoder the finished runs started from, by run name."""
+    names = summary.get("pretrained_decoder", pd.Series(dtype=object)).dropna().unique()
+    out = {}
+    for name in names:
+        path = Path(runs) / str(name) / "metrics.json"
+        if path.exists():
+            m = read_json(path)
+            out[str(name)] = sum(float(m.get(p) or 0.0) for p in PARTS)
+    return out
+
+
+def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
+    """The report's section: the table, then the totals and the longest single run."""
+    table = compute_table(summary)
+    if table.empty:
+        return []
+    ok = summary[summary["status"] == "ok"]
+    seconds = _seconds(ok)
+    pre = pretrained_seconds(summary, runs)
+    longest = ok.loc[seconds.idxmax()]
+    total = seconds.sum() + sum(pre.values())
+    missing = int((summary["status"] != "ok").sum())
+    text = (f"Summed over the {len(ok)} finished runs: {seconds.sum() / 3600:.2f} h"
+            + (f", and {sum(pre.values()) / 60:.1f} min for the {len(pre)} pretrained decoders "
+               f"they start from: {total / 3600:.2f} h in all" if pre else "")
+            + f". Longest run: {longest['label']} seed {longest['seed']}, "
+            f"{seconds.max() / 60:.1f} min"
+            + (f"; {missing} runs not finished, not counted" if missing else "") + ".")
+    return ["## Measured compute", "", markdown(table), "",
+            text + " Minutes of one process as its record states them (training, the "
+            "validation diagnostics at every epoch end, the test evaluation); a run that shared "
+            "the CPU with another job counts the time it took."]
