@@ -303,10 +303,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .allocator import tune
 
-    tune()
-    p = parser()
-    args = p.parse_args(argv)
     try:
+        tune()
+        args = parser().parse_args(argv)
         from . import numerics
 
         try:
@@ -318,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-bench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what finished is recorded, a rerun resumes
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while leaving: no traceback
         print("vae-bench: interrupted; finished runs are kept and a rerun resumes (from the "
               "last mid-run checkpoint where train.checkpoint_every is set)", file=sys.stderr)
         return 130

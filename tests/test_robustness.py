@@ -337,8 +337,9 @@ def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path, group_killed_afte
     group_killed_after.append(proc)
     assert training(tmp_path, 1)  # not while still importing: inside training
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
-    assert proc.wait(60) == 130
+    code = proc.wait(60)
     err = proc.stderr.read().strip().splitlines()
+    assert code == 130, (code, err[-20:])  # what it said, should this ever fail again
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
 
 
@@ -386,8 +387,9 @@ def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(
     children = children_of(proc, 3)  # the resource tracker and two workers
     assert training(tmp_path / "r" / "lag" / "runs", 2)  # both workers inside a run
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(60) == 130
+    code = proc.wait(60)
     err = proc.stderr.read().strip().splitlines()
+    assert code == 130, (code, err[-20:])
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
     assert not still_alive(children)
 
