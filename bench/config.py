@@ -113,7 +113,10 @@ class TrainConfig:
     max_decays: int = fld(0, "stop at this many learning-rate decays (He et al.: 5); 0: no limit",
                           low=0)
     monitor: str = fld("val_neg_elbo", "the validation quantity the convergence protocol "
-                       "watches (lower is better)", choices=("val_neg_elbo",))
+                       "watches (lower is better): val_neg_elbo, as He et al. 2019's script for "
+                       "every model, or val_loss, the variant's own training objective (for "
+                       "one that is not a bound on log p(x), e.g. mmd at alpha = 1)",
+                       choices=("val_neg_elbo", "val_loss"))
     protocol_from: int = fld(1, "the first epoch the convergence protocol watches (after a KL "
                              "warm-up of N epochs: N + 1)", low=1)
 

@@ -270,6 +270,26 @@ def validation_diagnostics(model, x: Tensor, seed: int, epoch: int) -> dict:
 
 
 @torch.no_grad()
+def validation_loss(model, variant, x: Tensor, batch: int, seed: int, epoch: int, step: int,
+                    total: int) -> float:
+    """The variant's own training objective on the validation split ``x`` (``train.monitor =
+    val_loss``): ``variant.loss`` at training step ``step`` of ``total`` on each minibatch of
+    ``batch`` points in order (a minibatch objective such as mmd's sees minibatches as in
+    training), averaged weighted by minibatch size, the model in eval mode. Noise from the
+    evaluation seed, the epoch and its own stream name, never a training stream."""
+    was_training = model.training
+    model.eval()
+    gen = generator(seed, "validation-loss", epoch, device=x.device)
+    total_loss = 0.0
+    for i in range(0, len(x), batch):
+        part = x[i:i + batch]
+        loss, _ = variant.loss(model, part, step, total, gen)
+        total_loss += float(loss) * len(part)
+    model.train(was_training)
+    return total_loss / len(x)
+
+
+@torch.no_grad()
 def validation_minibatch_mi(model, x: Tensor, batch: int, seed: int, epoch: int) -> float:
     """I_q(x; z) estimated as He et al.'s ``calc_mi`` does it (jxhe/vae-lagging-encoder
     ``image.py`` with ``modules/encoders/encoder.py``): ``mutual_info`` of each minibatch of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ from .metrics import (
     mean_se,
     svae_tf_ll_points,
     validation_diagnostics,
+    validation_loss,
     validation_minibatch_mi,
 )
 from .results import (
@@ -229,7 +231,13 @@ def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progre
 
         def epoch_end(epoch: int) -> dict:
             state["epoch"] = epoch
-            return validation_diagnostics(model, valid, cfg.eval.seed, epoch)
+            row = validation_diagnostics(model, valid, cfg.eval.seed, epoch)
+            if cfg.train.monitor == "val_loss":  # the objective as it stands at the epoch's end
+                per_epoch = math.ceil(len(dataset.train) / cfg.train.batch_size)
+                row["val_loss"] = validation_loss(
+                    model, variant, valid, cfg.train.batch_size, cfg.eval.seed, epoch,
+                    epoch * per_epoch, cfg.train.epochs * per_epoch)
+            return row
 
         def minibatch_mi(batch: int) -> float:
             return validation_minibatch_mi(model, valid, batch, cfg.eval.seed, state["epoch"])

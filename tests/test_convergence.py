@@ -203,3 +203,38 @@ def test_a_run_with_a_kl_warm_up_keeps_no_best_before_its_weight_reaches_1(tmp_p
     # the weight reaches 1 at step 3 * steps-per-epoch: epochs 1-2 are not watched
     assert hist["best"].isna().tolist() == [True, True, False, False, False, False]
     assert metrics(path)["best_epoch"] >= 3
+
+
+def test_val_loss_is_the_variants_own_objective_on_the_validation_split():
+    """Closed form: with the same noise, beta-VAE's objective is recon + beta * KL with the
+    analytic KL, so the validation losses at beta = 1 and beta = 0.5 differ by exactly half the
+    validation KL of the diagnostics (which needs no noise)."""
+    from bench.metrics import validation_diagnostics, validation_loss
+    from bench.runner import build_model, load_dataset
+
+    cfg = resolve(apply_overrides(RunConfig(), {**TINY, "variant": "beta", "beta": 1.0}))
+    dataset = load_dataset(cfg, None)
+    model, one = build_model(cfg, dataset)
+    half = resolve(apply_overrides(RunConfig(), {**TINY, "variant": "beta", "beta": 0.5}))
+    _, variant_half = build_model(half, dataset)
+    valid = dataset.valid.to(torch.float64)
+    a = validation_loss(model, one, valid, 100, 0, 1, 0, 10)
+    b = validation_loss(model, variant_half, valid, 100, 0, 1, 0, 10)
+    kl = validation_diagnostics(model, valid, 0, 1)["val_kl"]
+    assert a - b == pytest.approx(0.5 * kl, rel=1e-9, abs=1e-9)
+    assert validation_loss(model, one, valid, 100, 0, 1, 0, 10) == a  # its own seeded noise
+
+
+def test_a_run_watching_its_own_objective_keeps_the_best_of_it(tmp_path):
+    """mmd at alpha = 1 has no per-example KL, so its validation -ELBO is not what it trains;
+    with train.monitor = val_loss the protocol's best is the running minimum of val_loss."""
+    over = {**TINY, "variant": "mmd", "train.epochs": 8, "train.lr_decay_patience": 2,
+            "train.monitor": "val_loss"}
+    path = execute(apply_overrides(RunConfig(), over), tmp_path)
+    hist = pd.read_csv(path / "history.csv")
+    assert (hist["best"] == hist["val_loss"].cummin()).all()
+    m = metrics(path)
+    assert m["best_epoch"] == int(hist.loc[hist["val_loss"].idxmin(), "epoch"])
+    plain = execute(apply_overrides(RunConfig(), {**over, "train.monitor": "val_neg_elbo"}),
+                    tmp_path)
+    assert plain != path and "val_loss" not in pd.read_csv(plain / "history.csv")

@@ -244,3 +244,16 @@ def test_ray_cluster_started_as_ray_documents_it(tmp_path, uninterrupted):
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env,
                        timeout=120)
+
+
+def test_the_trained_profile_runs_the_default_profiles_configurations():
+    """trained.toml lists its configurations (mmd watches its own objective there): every one
+    is the default profile's, same label, variant and hyperparameters, in the same order, and
+    the only additions are convergence-protocol keys."""
+    default, trained = load_profile("default"), load_profile("trained")
+    assert [c["label"] for c in trained.configs] == [c["label"] for c in default.configs]
+    for ours, theirs in zip(trained.configs, default.configs, strict=True):
+        extra = {k: v for k, v in ours.items() if k not in theirs}
+        assert {k: v for k, v in ours.items() if k in theirs} == theirs, ours["label"]
+        assert set(extra) <= {"train.monitor"}, ours["label"]
+    assert [c["label"] for c in trained.configs if "train.monitor" in c] == ["mmd"]

@@ -66,15 +66,22 @@ def _clip(train: dict) -> str:
     return f"gradient norm clipped at {clip:g}" if clip else "no gradient clipping"
 
 
-def _protocol(train: dict) -> str:
+def _protocol(train: dict, profile: Profile) -> str:
+    monitor = train.get("monitor", "val_neg_elbo")
     parts = [f"cap {train.get('epochs')} epochs"]
     if train.get("stop_patience"):
         parts.append(f"early stopping after {train['stop_patience']} epochs without a new best "
-                     f"{train.get('monitor', 'val_neg_elbo')}")
+                     f"{monitor}")
     if train.get("lr_decay_patience"):
         parts.append(f"lr x {train.get('lr_decay')} after {train['lr_decay_patience']} epochs "
-                     f"worse than the best, stop at {train.get('max_decays') or 'no limit of'} "
-                     "decays")
+                     f"worse than the best {monitor}, stop at "
+                     f"{train.get('max_decays') or 'no limit of'} decays")
+    own = [c["label"] for c in profile.configs
+           if c.get("train.monitor", monitor) != monitor]
+    if own:
+        parts.append(f"{', '.join(own)} watching {'its' if len(own) == 1 else 'their'} own "
+                     "training objective on the "
+                     "validation split instead (val_loss; see the profile)")
     return "; ".join(parts)
 
 
@@ -203,9 +210,9 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
     if "stop_reason" in summary and summary["stop_reason"].notna().any():
-        lines += ["", f"stopped: the convergence protocol ({_protocol(train)}); converged = "
-                  "stopped by its rule, capped = reached the epoch cap first. Every metric is "
-                  "of the best-on-validation weights (bench/convergence.py)."]
+        lines += ["", f"stopped: the convergence protocol ({_protocol(train, profile)}); "
+                  "converged = stopped by its rule, capped = reached the epoch cap first. Every "
+                  "metric is of the best-on-validation weights (bench/convergence.py)."]
     bad = summary[summary["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]
