@@ -184,8 +184,8 @@ def test_compute_section_sums_each_run_and_the_pretrained_decoders_it_started_fr
     text = compute_section(data, tmp_path)[-1]
     grid = (10 + 12 + 11 + 9 * 3 + 33 * 3 + 11 * 2) + 9 * 11  # train, then diagnostics + eval
     assert f"Summed over the 11 finished runs: {grid / 3600:.2f} h" in text
-    assert f"2.0 min for the 1 pretrained decoders they start from: {(grid + 120) / 3600:.2f} h" in text
+    assert f"2.0 min for the 1 pretrained decoder they start from: {(grid + 120) / 3600:.2f} h" in text
     assert "Longest run: g / fix seed 0, 0.7 min" in text
     # a run that did not finish is named as not counted
     data.loc[data.index[-1], "status"] = "missing"
-    assert "1 runs not finished, not counted" in compute_section(data, tmp_path)[-1]
+    assert "1 run not finished, not counted" in compute_section(data, tmp_path)[-1]

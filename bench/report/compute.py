@@ -72,11 +72,13 @@ def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
     total = seconds.sum() + sum(pre.values())
     missing = int((summary["status"] != "ok").sum())
     text = (f"Summed over the {len(ok)} finished runs: {seconds.sum() / 3600:.2f} h"
-            + (f", and {sum(pre.values()) / 60:.1f} min for the {len(pre)} pretrained decoders "
-               f"they start from: {total / 3600:.2f} h in all" if pre else "")
+            + (f", and {sum(pre.values()) / 60:.1f} min for the {len(pre)} pretrained "
+               f"decoder{'s' * (len(pre) != 1)} they start from: {total / 3600:.2f} h in all"
+               if pre else "")
             + f". Longest run: {longest['label']} seed {longest['seed']}, "
             f"{seconds.max() / 60:.1f} min"
-            + (f"; {missing} runs not finished, not counted" if missing else "") + ".")
+            + (f"; {missing} run{'s' * (missing != 1)} not finished, not counted" if missing
+               else "") + ".")
     return ["## Measured compute", "", markdown(table), "",
             text + " Minutes of one process as its record states them (training, the "
             "validation diagnostics at every epoch end, the test evaluation); a run that shared "
