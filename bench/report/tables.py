@@ -17,7 +17,10 @@ MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
                 "active_units_strict", "recon"]
 
 TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": "MI",
-          "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon"}
+          "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon",
+          "ess": "IS ESS / K"}
+#: decimals of a profile's own main-table column where 2 would hide it (default 2)
+DIGITS = {"ess": 4}
 
 #: history columns of the by-stage table: (column, title, decimals)
 STAGE_COLUMNS = [("neg_elbo", "train -ELBO", 2), ("val_neg_elbo", "val -ELBO", 2),
@@ -70,7 +73,8 @@ def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -
                 rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
         for col in columns:  # the profile's own (``[profile] columns``)
             vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
-            rec[TITLES.get(col, col) + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), 2)
+            rec[TITLES.get(col, col) + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1),
+                                                           DIGITS.get(col, 2))
         if "stop_reason" in summary and summary["stop_reason"].notna().any():
             rec["stopped"] = _stopped(rows)
         if baseline:  # mean over mean, then the range of the seed-by-seed ratios
