@@ -155,8 +155,15 @@ def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Pa
     axes[0, -1].legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
     for ax in axes.ravel():
         ax.xaxis.get_major_locator().set_params(integer=True)
+    bounds = [h["val_mutual_info_bound"].max() for h in histories.values()
+              if h is not None and "val_mutual_info_bound" in h]
     for ax in axes[:, 1:3].ravel():  # KL and MI
         ax.set_yscale("symlog", linthresh=0.1)
+    if bounds:  # a pooled MI cannot exceed log N: curves at the line are saturated
+        for ax in axes[:, 2]:
+            ax.axhline(max(bounds), color="0.4", ls="--", lw=0.8)
+            ax.set_title(ax.get_title() + f" (dashed: bound log N = {max(bounds):.2f})",
+                         fontsize=8)
     fig.suptitle(f"Collapse trajectories on the validation split ({profile.name}): mean over "
                  "seeds, band = min..max", fontsize=9)
     return _save(fig, path)
