@@ -316,7 +316,8 @@ def pretrain_config(cfg: RunConfig) -> RunConfig | None:
     decoder-only variant on the same seed, data and decoder config, trained for
     ``train.decoder_pretrain_epochs`` epochs. What a decoder-only model does not use (encoder
     widths, latent size) is set to its default, so every lagging run of the same decoder shares
-    one pretrained run."""
+    one pretrained run; so is ``train.monitor``: a model without a latent has no KL, so its
+    validation loss is its validation -ELBO and either monitor stops it at the same epoch."""
     n = cfg.train.decoder_pretrain_epochs
     if not n:
         return None
@@ -324,7 +325,8 @@ def pretrain_config(cfg: RunConfig) -> RunConfig | None:
     model = dataclasses.replace(cfg.model, hidden=default.hidden, latent_dim=default.latent_dim,
                                 latent2_dim=default.latent2_dim,
                                 latent2_hidden=default.latent2_hidden)
-    train = dataclasses.replace(cfg.train, epochs=n, decoder_pretrain_epochs=0)
+    train = dataclasses.replace(cfg.train, epochs=n, decoder_pretrain_epochs=0,
+                                monitor=TrainConfig().monitor)
     return resolve(dataclasses.replace(cfg, variant="decoder-only", hparams={}, model=model,
                                        train=train))
 

@@ -152,6 +152,17 @@ def test_decoder_only_is_exact_and_carries_no_information(tmp_path):
     assert m["neg_elbo"] == pytest.approx(m["nll_exact"], abs=1e-10)  # q = p: the bound is tight
 
 
+def test_lagging_runs_share_the_pretrained_decoder_whatever_they_monitor():
+    # a decoder-only model has no KL: its validation loss is its validation -ELBO, so the
+    # monitor a lagging run watches must not give it a pretrained decoder of its own
+    base = config(variant="vae", **{"train.decoder_pretrain_epochs": 3})
+    other = config(variant="mmd", **{"train.decoder_pretrain_epochs": 3,
+                                     "train.monitor": "val_loss"})
+    assert pretrain_config(base) == pretrain_config(other)
+    assert run_name(pretrain_config(base)) == run_name(pretrain_config(other))
+    assert pretrain_config(other).train.monitor == "val_neg_elbo"
+
+
 @pytest.mark.parametrize("decoder", ["made", "mlp", "pixelcnn"])
 def test_lagging_run_starts_from_the_decoder_only_runs_weights(tmp_path, decoder):
     cfg = config(variant="vae", **{"train.decoder_pretrain_epochs": 3, "model.decoder": decoder,
