@@ -168,6 +168,18 @@ def test_screening_table_pairs_each_configuration_with_its_screening_conclusion(
         f"({3 * len(one)} more not yet comparable")
 
 
+def test_schedule_is_the_suites_two_stages_on_greedy_workers():
+    from bench.report.compute import schedule
+    # decoder 2; then runs 3, 1, 1, 1 on 2 workers: [5, 3] -> [5, 4] -> [5, 5]
+    assert schedule([2.0], [3.0, 1.0, 1.0, 1.0], 1) == 8.0
+    assert schedule([2.0], [3.0, 1.0, 1.0, 1.0], 2) == 5.0
+    # in submission order, not the best order: 1, 1, 3 on 2 workers ends at 4 (LPT: 3)
+    assert schedule([], [1.0, 1.0, 3.0], 2) == 4.0
+    # the runs wait for every decoder: decoders 5 and 1 on 2 workers, then a run of 1
+    assert schedule([5.0, 1.0], [1.0], 2) == 6.0
+    assert schedule([], [4.0, 4.0], 8) == 4.0  # more workers than runs
+
+
 def test_compute_section_sums_each_run_and_the_pretrained_decoders_it_started_from(tmp_path):
     from bench.report.compute import compute_section, compute_table
     data = DATA.copy()  # train_seconds 9-33 s; add diagnostics and evaluation
@@ -181,11 +193,16 @@ def test_compute_section_sums_each_run_and_the_pretrained_decoders_it_started_fr
     fix = table.loc["g / fix"]  # 3 runs of 33 + 6 + 3 = 42 s: 0.7 min each, 2.1 min in all
     assert fix["runs"] == 3 and fix["min/run"] == "0.7" and fix["min, all runs"] == "2.1"
     assert table.loc["g / floor", "epochs"] == "7–11" and table.loc["g / vae", "epochs"] == "20–25"
-    text = compute_section(data, tmp_path)[-1]
+    section = compute_section(data, tmp_path)
+    text = next(line for line in section if line.startswith("Summed"))
     grid = (10 + 12 + 11 + 9 * 3 + 33 * 3 + 11 * 2) + 9 * 11  # train, then diagnostics + eval
     assert f"Summed over the 11 finished runs: {grid / 3600:.2f} h" in text
     assert f"2.0 min for the 1 pretrained decoder they start from: {(grid + 120) / 3600:.2f} h" in text
     assert "Longest run: g / fix seed 0, 0.7 min" in text
+    # the wall time on W workers: 1 worker is the sum; the floor is decoder + longest run
+    wall = section[-1]
+    assert f"1: {(grid + 120) / 3600:.2f} h, 2: " in wall
+    assert f"no number of workers goes below {(120 + 42) / 3600:.2f} h" in wall
     # a run that did not finish is named as not counted
     data.loc[data.index[-1], "status"] = "missing"
-    assert "1 run not finished, not counted" in compute_section(data, tmp_path)[-1]
+    assert "1 run not finished, not counted" in compute_section(data, tmp_path)[-3]

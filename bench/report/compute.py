@@ -1,7 +1,8 @@
 """The measured compute of a profile's runs, from their records: per configuration the epochs
 trained and the minutes per run (training, the validation diagnostics of every epoch end, the
 test evaluation), the total over seeds, and the pretrained decoders the runs started from (runs
-of their own). What a user plans a cluster with: the whole grid's cost and its longest run."""
+of their own). What a user plans a cluster with: the whole grid's cost, its longest run, and the
+wall time the measured runs would take on W workers like the machine that made them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..results import read_json
 from .tables import markdown
 
 PARTS = ("train_seconds", "diagnostics_seconds", "eval_seconds")
+WORKERS = (1, 2, 4, 8, 16)
 
 
 def _seconds(frame: pd.DataFrame) -> pd.Series:
@@ -60,6 +62,34 @@ def pretrained_seconds(summary: pd.DataFrame, runs: Path) -> dict[str, float]:
     return out
 
 
+def schedule(first: list[float], then: list[float], workers: int) -> float:
+    """Wall seconds of the suite's two stages (``bench.suite.stages``) on ``workers`` identical
+    workers: the pretrained decoders, then, once all of them are done, the runs; within a stage
+    each worker takes the next task in submission order when it frees (Ray's queue, the process
+    pool's map). Setup and transfer times are not modelled."""
+    clock = 0.0
+    for stage in (first, then):
+        free = [clock] * workers
+        for seconds in stage:
+            i = free.index(min(free))
+            free[i] += seconds
+        clock = max(free)
+    return clock
+
+
+def workers_line(first: list[float], then: list[float]) -> str:
+    """The grid's wall time on 1, 2, 4, ... workers, from its measured run times."""
+    one = schedule(first, then, 1)
+    parts = [f"{w}: {schedule(first, then, w) / 3600:.2f} h"
+             + (f" ({one / schedule(first, then, w):.1f}×)" if w > 1 else "") for w in WORKERS]
+    floor = (max(first) if first else 0.0) + max(then)
+    return ("Wall time on W workers like this one (the measured times above, scheduled as the "
+            "suite submits them: the pretrained decoders, then every run in grid order, each "
+            "worker taking the next when it frees): " + ", ".join(parts)
+            + f"; no number of workers goes below {floor / 3600:.2f} h (the longest run after "
+            "the longest decoder).")
+
+
 def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
     """The report's section: the table, then the totals and the longest single run."""
     table = compute_table(summary)
@@ -79,7 +109,10 @@ def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
             f"{seconds.max() / 60:.1f} min"
             + (f"; {missing} run{'s' * (missing != 1)} not finished, not counted" if missing
                else "") + ".")
-    return ["## Measured compute", "", markdown(table), "",
-            text + " Minutes of one process as its record states them (training, the "
-            "validation diagnostics at every epoch end, the test evaluation); a run that shared "
-            "the CPU with another job counts the time it took."]
+    lines = ["## Measured compute", "", markdown(table), "",
+             text + " Minutes of one process as its record states them (training, the "
+             "validation diagnostics at every epoch end, the test evaluation); a run that shared "
+             "the CPU with another job counts the time it took."]
+    if len(ok) > 1:
+        lines += ["", workers_line(list(pre.values()), list(seconds))]
+    return lines
