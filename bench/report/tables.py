@@ -54,7 +54,8 @@ def markdown(df: pd.DataFrame) -> str:
 def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -> pd.DataFrame:
     """Per configuration: seeds finished, and mean ± sd over seeds of the main metrics; with a
     ``baseline`` configuration, the cost: mean training seconds relative to the baseline's (in
-    the same group), as measured, with the range of the seed-by-seed ratios in brackets."""
+    the same group; over the seeds both have finished), as measured, with the range of the
+    seed-by-seed ratios in brackets."""
     ok = summary[summary["status"] == "ok"]
     base = ok[ok["label"].map(config_name) == baseline]
     base_seconds = base["train_seconds"].astype(float).mean() if len(base) else np.nan
@@ -78,10 +79,12 @@ def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -
         if "stop_reason" in summary and summary["stop_reason"].notna().any():
             rec["stopped"] = _stopped(rows)
         if baseline:  # mean over mean, then the range of the seed-by-seed ratios
-            cost = rows["train_seconds"].astype(float).mean() / base_seconds if len(rows) \
-                else np.nan
-            per_seed = (rows.set_index("seed")["train_seconds"].astype(float)
-                        / base_by_seed).dropna()
+            mine = rows.set_index("seed")["train_seconds"].astype(float)
+            both = [s for s in mine.index if s in base_by_seed.index]
+            # over the seeds both have, so a missing seed on one side does not tilt the mean
+            cost = (mine[both].mean() / base_by_seed[both].mean() if both
+                    else mine.mean() / base_seconds if len(rows) else np.nan)
+            per_seed = (mine / base_by_seed).dropna()
             spread = f" ({per_seed.min():.2f}–{per_seed.max():.2f})" if len(per_seed) > 1 else ""
             rec[f"cost (x {baseline})"] = "n/a" if np.isnan(cost) else f"{cost:.2f}{spread}"
         out.append(rec)
