@@ -79,9 +79,9 @@ def schedule(first: list[float], then: list[float], workers: int) -> float:
 
 def workers_line(first: list[float], then: list[float]) -> str:
     """The grid's wall time on 1, 2, 4, ... workers, from its measured run times."""
-    one = schedule(first, then, 1)
-    parts = [f"{w}: {schedule(first, then, w) / 3600:.2f} h"
-             + (f" ({one / schedule(first, then, w):.1f}×)" if w > 1 else "") for w in WORKERS]
+    wall = {w: schedule(first, then, w) for w in WORKERS}
+    parts = [f"{w}: {wall[w] / 3600:.2f} h" + (f" ({wall[1] / wall[w]:.1f}×)" if w > 1 else "")
+             for w in WORKERS]
     floor = (max(first) if first else 0.0) + max(then)
     return ("Wall time on W workers like this one (the measured times above, scheduled as the "
             "suite submits them: the pretrained decoders, then every run in grid order, each "
