@@ -211,3 +211,14 @@ def test_compute_section_sums_each_run_and_the_pretrained_decoders_it_started_fr
     data.loc[data.index[-1], "status"] = "missing"
     assert any("1 run not finished, not counted" in line
                for line in compute_section(data, tmp_path))
+
+
+def test_the_wall_time_line_takes_the_runs_in_the_suites_submission_order():
+    from bench.report.compute import submission_order
+    frame = pd.DataFrame({"label": ["a", "a", "b", "c", "c"],
+                          "train_seconds": [1.0, 2.0, 4.0, 2.0, 1.0],
+                          "eval_seconds": [0.0, 0.0, 0.0, 1.0, 1.0],
+                          "diagnostics_seconds": 0.5})
+    # configuration means of training + evaluation: a 1.5, b 4, c 2.5: b, then c, then a, each
+    # in summary order; the seconds scheduled include the diagnostics
+    assert submission_order(frame) == [4.5, 3.5, 2.5, 1.5, 2.5]

@@ -257,3 +257,30 @@ def test_the_trained_profile_runs_the_default_profiles_configurations():
         assert {k: v for k, v in ours.items() if k in theirs} == theirs, ours["label"]
         assert set(extra) <= {"train.monitor"}, ours["label"]
     assert [c["label"] for c in trained.configs if "train.monitor" in c] == ["mmd"]
+
+
+def test_the_suite_submits_the_longest_runs_first(tmp_path, monkeypatch):
+    """Submission order only (the numbers do not depend on it): runs without an estimate first,
+    then by their configuration's mean time from the committed summary, longest first."""
+    import bench.suite as suite
+    profile = load_profile(str(write_profile(tmp_path)))
+    committed = tmp_path / "committed"
+    (committed / "tiny").mkdir(parents=True)
+    (committed / "tiny" / "summary.csv").write_text(
+        "label,status,train_seconds,eval_seconds\n"
+        "vae,ok,10,1\nvae,ok,12,1\niwae,ok,50,2\niwae,failed,900,\nbeta=2,ok,nan,\n")
+    # failed runs and unreadable times give no estimate; vae (11 + 13) / 2, iwae 52
+    assert suite.cost_estimates(profile, tmp_path / "results", committed) == \
+        {"vae": 12.0, "iwae": 52.0}
+    submitted = []
+
+    def record(stage, out, data_dir, jobs):
+        submitted.extend((c.variant, c.seed) for c in stage)
+        return ["ok"] * len(stage)
+
+    monkeypatch.setattr(suite, "COMMITTED", committed)
+    monkeypatch.setattr(suite, "_local", record)
+    counts = run_suite(profile, tmp_path / "results", progress=False)
+    assert counts["ok"] == 6
+    assert submitted == [("beta", 0), ("beta", 1), ("iwae", 0), ("iwae", 1), ("vae", 0),
+                         ("vae", 1)]

@@ -77,15 +77,27 @@ def schedule(first: list[float], then: list[float], workers: int) -> float:
     return clock
 
 
+def submission_order(frame: pd.DataFrame) -> list[float]:
+    """The measured seconds of ``frame``'s runs in the order the suite submits them
+    (``bench.suite.longest_first``): by their configuration's mean training + evaluation time,
+    longest first, the summary's (grid) order among equals."""
+    own = frame.get("eval_seconds", pd.Series(0.0, index=frame.index)).astype(float).fillna(0.0)
+    cost = (frame["train_seconds"].astype(float).fillna(0.0) + own).groupby(frame["label"])
+    key = -cost.transform("mean")
+    order = key.sort_values(kind="stable").index
+    return list(_seconds(frame).loc[order])
+
+
 def workers_line(first: list[float], then: list[float]) -> str:
-    """The grid's wall time on 1, 2, 4, ... workers, from its measured run times."""
+    """The grid's wall time on 1, 2, 4, ... workers, from its measured run times (``then`` in
+    the suite's submission order)."""
     wall = {w: schedule(first, then, w) for w in WORKERS}
     parts = [f"{w}: {wall[w] / 3600:.2f} h" + (f" ({wall[1] / wall[w]:.1f}×)" if w > 1 else "")
              for w in WORKERS]
     floor = (max(first) if first else 0.0) + max(then)
     return ("Wall time on W workers like this one (the measured times above, scheduled as the "
-            "suite submits them: the pretrained decoders, then every run in grid order, each "
-            "worker taking the next when it frees): " + ", ".join(parts)
+            "suite submits them: the pretrained decoders, then the runs longest first by "
+            "their configuration's mean time, each worker taking the next when it frees): " + ", ".join(parts)
             + f"; no number of workers goes below {floor / 3600:.2f} h (the longest run after "
             "the longest decoder).")
 
@@ -114,5 +126,5 @@ def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
              "validation diagnostics at every epoch end, the test evaluation); a run that shared "
              "the CPU with another job counts the time it took."]
     if len(ok) > 1:
-        lines += ["", workers_line(list(pre.values()), list(seconds))]
+        lines += ["", workers_line(list(pre.values()), submission_order(ok))]
     return lines
