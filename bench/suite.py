@@ -26,9 +26,9 @@ from .config import RunConfig, pretrain_config
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
 from .results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 
-__all__ = ["BACKENDS", "Profile", "cost_estimates", "dry_run", "grid", "group_of", "load_profile",
-           "longest_first", "pending", "profile_names", "run_one", "run_suite", "runs_dir", "stages",
-           "with_variants"]
+__all__ = ["BACKENDS", "Profile", "cost_estimates", "dry_run", "grid", "group_of",
+           "load_profile", "longest_first", "pending", "profile_names", "run_one", "run_suite",
+           "runs_dir", "stages", "with_variants"]
 
 
 def runs_dir(results: Path, profile: Profile) -> Path:

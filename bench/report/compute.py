@@ -97,7 +97,8 @@ def workers_line(first: list[float], then: list[float]) -> str:
     floor = (max(first) if first else 0.0) + max(then)
     return ("Wall time on W workers like this one (the measured times above, scheduled as the "
             "suite submits them: the pretrained decoders, then the runs longest first by "
-            "their configuration's mean time, each worker taking the next when it frees): " + ", ".join(parts)
+            "their configuration's mean time, each worker taking the next when it frees): "
+            + ", ".join(parts)
             + f"; no number of workers goes below {floor / 3600:.2f} h (the longest run after "
             "the longest decoder).")
 
