@@ -93,8 +93,12 @@ def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
 COMMITTED = Path(__file__).resolve().parent.parent / "results"
 
 
+# what a run's cost estimate sums (a record's training and evaluation seconds)
+ESTIMATE_PARTS = ("train_seconds", "eval_seconds")
+
+
 def _run_seconds(metrics: dict) -> float:
-    return float(metrics.get("train_seconds") or 0) + float(metrics.get("eval_seconds") or 0)
+    return sum(float(metrics.get(p) or 0) for p in ESTIMATE_PARTS)
 
 
 def finished_seconds(profile: Profile, results: Path) -> dict[str, list[float]]:

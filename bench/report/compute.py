@@ -11,16 +11,18 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import read_json
+from ..suite import ESTIMATE_PARTS
 from .tables import markdown
 
 PARTS = ("train_seconds", "diagnostics_seconds", "eval_seconds")
 WORKERS = (1, 2, 4, 8, 16)
 
 
-def _seconds(frame: pd.DataFrame) -> pd.Series:
-    """Training + validation diagnostics + evaluation of each run (a part it lacks counts 0)."""
+def _seconds(frame: pd.DataFrame, parts: tuple = PARTS) -> pd.Series:
+    """Training + validation diagnostics + evaluation of each run, or the sum of ``parts`` (a
+    part it lacks counts 0)."""
     return sum(frame.get(p, pd.Series(0.0, index=frame.index)).astype(float).fillna(0.0)
-               for p in PARTS)
+               for p in parts)
 
 
 def _epochs(frame: pd.DataFrame) -> str:
@@ -81,9 +83,7 @@ def submission_order(frame: pd.DataFrame) -> list[float]:
     """The measured seconds of ``frame``'s runs in the order the suite submits them
     (``bench.suite.longest_first``): by their configuration's mean training + evaluation time,
     longest first, the summary's (grid) order among equals."""
-    own = frame.get("eval_seconds", pd.Series(0.0, index=frame.index)).astype(float).fillna(0.0)
-    cost = (frame["train_seconds"].astype(float).fillna(0.0) + own).groupby(frame["label"])
-    key = -cost.transform("mean")
+    key = -_seconds(frame, ESTIMATE_PARTS).groupby(frame["label"]).transform("mean")
     order = key.sort_values(kind="stable").index
     return list(_seconds(frame).loc[order])
 
