@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         import signal
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while leaving: no traceback
+        # CPython marks a KeyboardInterrupt that ends an exec() of source text as unhandled
+        # even when it is caught further up (a dataclass's generated __init__ while torch or
+        # scipy imports), and `python -m` then leaves by SIGINT (-2) instead of 130. The next
+        # exec() of text clears that mark (Python/pythonrun.c, run_eval_code_obj).
+        exec("")
         print("vae-bench: interrupted; finished runs are kept and a rerun resumes (from the "
               "last mid-run checkpoint where train.checkpoint_every is set)", file=sys.stderr)
         return 130
