@@ -22,6 +22,10 @@ phase annealed) scale that to the short profiles; the autoencoder phase counts w
 phase are refused. Other differences from their scripts (text, LSTM decoders, SGD at lr 1 with
 its own decay) are the shared protocol's choices (Adam, clip 5, ``train.*``).
 ``ae_epochs = 0, warmup = 0, lambda = 0`` is exactly `vae`.
+
+With KL weight 0 nothing holds the posterior means at the prior: they can drift together as a
+shared bias and saturate a tanh decoder, which then reads nothing of z for a while (the default
+profile's MLP: about 450 steps, longer than its 400-step phase; `benchmarks/ae_phase.py`).
 """
 
 import math
