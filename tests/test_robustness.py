@@ -355,28 +355,48 @@ def test_ctrl_c_ends_a_run_in_one_line_with_exit_130(tmp_path, group_killed_afte
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in "\n".join(err)
 
 
-INTERRUPTED_IN_EXEC = """
-import sys
+A_COMMAND_THAT = """
+import os, signal, sys
 from bench import cli
-def interrupted(args):  # what a dataclass's generated __init__ does while torch imports
-    exec("raise KeyboardInterrupt")
-cli.cmd_variants = interrupted
+def command(args):
+    {body}
+cli.cmd_variants = command
 sys.exit(cli.main(["variants"]))
 """
+INTERRUPTED_IN_EXEC = "exec('raise KeyboardInterrupt')"  # a dataclass's __init__ while torch imports
+SWALLOWED_THEN_FAILED = ("try:\n        os.kill(os.getpid(), signal.SIGINT)\n"  # raises here
+                         "    except KeyboardInterrupt:\n        pass\n"
+                         "    raise ImportError('cannot import name X (partially initialized)')")
+FAILED = "raise ImportError('cannot import name X')"
 
 
-def test_ctrl_c_that_lands_in_an_exec_of_source_text_still_exits_130(tmp_path):
-    """Ctrl-C in a run's set-up can land inside an exec() of source text (a dataclass built while
-    torch or scipy imports); CPython then marks the KeyboardInterrupt unhandled even though the
-    CLI catches it, and under ``python -m`` the process left by SIGINT (-2) after its one line:
-    the CI failure of stop 29. Deterministic: the interrupt is raised in the exec itself."""
-    (tmp_path / "interrupted_in_exec.py").write_text(INTERRUPTED_IN_EXEC)
+def python_m(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``cli.main`` under ``python -m`` with the variants command replaced by ``body``."""
+    (tmp_path / "a_command.py").write_text(A_COMMAND_THAT.format(body=body))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    proc = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "a_command"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=_as_from_a_terminal)
+
+
+@pytest.mark.parametrize("body", [INTERRUPTED_IN_EXEC, SWALLOWED_THEN_FAILED],
+                         ids=["in-exec", "swallowed-then-failed"])
+def test_ctrl_c_in_set_up_ends_in_one_line_with_exit_130(tmp_path, body):
+    """Ctrl-C in a run's set-up lands in third-party imports. In an exec() of source text
+    CPython marks the KeyboardInterrupt unhandled although the CLI catches it, and under
+    ``python -m`` the process then left by SIGINT (-2) after its one line (the CI failure of
+    stop 29). Third-party code may also swallow the interrupt and fail next (seen once: an
+    ImportError from a half-imported torch._dynamo, exit 1 with a traceback). Deterministic:
+    the command raises the interrupt in an exec, or sends itself SIGINT, swallows it and fails."""
+    proc = python_m(tmp_path, body)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 130, (proc.returncode, err[-20:])
     assert err[-1].startswith("vae-bench: interrupted;") and "Traceback" not in proc.stderr
+
+
+def test_an_error_without_ctrl_c_still_shows_its_traceback(tmp_path):
+    proc = python_m(tmp_path, FAILED)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ImportError" in proc.stderr
 
 
 @pytest.mark.slow
