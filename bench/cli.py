@@ -63,6 +63,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runner import evaluate_run
 
+    ais = {"steps": args.ais_steps, "chains": args.ais_chains, "leapfrog": args.ais_leapfrog,
+           "start": args.ais_start, "points": args.ais_points, "bdmc": args.bdmc}
+    if args.ais or any(v is not None for v in ais.values()):
+        from .attached import evaluate_ais
+
+        if args.k is not None or args.svae_tf_ll:
+            raise ConfigError("--ais evaluates with the run's own K; allowed: --ais without --k "
+                              "and --svae-tf-ll (run those apart)")
+        path, record = evaluate_ais(Path(args.run_dir), args.data_dir, False, **ais)
+        print(json.dumps({k: v for k, v in record.items() if k != "per_point"}, indent=2,
+                         sort_keys=True))
+        print(path)
+        return 0
     metrics = evaluate_run(Path(args.run_dir), args.k, args.data_dir, args.svae_tf_ll)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -232,6 +245,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--svae-tf-ll", type=_positive_int, metavar="N",
                    help="also Davidson et al. 2018's code's 'LL' with N samples (log p(x|z) of "
                         "one sample; bench.metrics.svae_tf_ll_points), to read their Table 1")
+    e.add_argument("--ais", action="store_true",
+                   help="annealed importance sampling (bench.ais) on a fixed subset of test "
+                        "points with the run's eval.ais_* settings or those below; written "
+                        "beside metrics.json as ais-*.json (computed once: an existing record "
+                        "with the same settings is shown)")
+    e.add_argument("--ais-steps", type=_positive_int, metavar="T",
+                   help="intermediate distributions (default: the run's eval.ais_steps)")
+    e.add_argument("--ais-chains", type=_positive_int, metavar="C", help="chains per point")
+    e.add_argument("--ais-leapfrog", type=_positive_int, metavar="L",
+                   help="leapfrog steps per HMC trajectory")
+    e.add_argument("--ais-points", type=_positive_int, metavar="N",
+                   help="test points (a seeded subset; default: the run's eval.ais_points)")
+    e.add_argument("--ais-start", choices=("encoder", "prior"),
+                   help="chains start at q(z|x) (encoder) or p(z) (prior)")
+    e.add_argument("--bdmc", type=_positive_int, metavar="N",
+                   help="also BDMC on N points simulated from the model: forward and reverse "
+                        "AIS bound their log p(x); the gap bounds AIS's error on such data")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("suite", help="run a profile's grid (configurations x seeds), resuming")
@@ -300,57 +330,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-class _CtrlC:
-    """Notes whether SIGINT arrived while the CLI ran (it still raises KeyboardInterrupt), so
-    that an error which only followed a Ctrl-C ends as the interruption it is: third-party code
-    may swallow the KeyboardInterrupt (a module half imported, then an ImportError). Only where
-    Python's own handler is in place: an ignored SIGINT (``nohup ... &``) stays ignored."""
-
-    seen = False
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.before = None
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.before = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        import signal
-
-        self.seen = True
-        signal.default_int_handler(signum, frame)
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.before is not None:
-            signal.signal(signal.SIGINT, self.before)
-        return False
-
-
-def _interrupted() -> int:
-    """Ctrl-C: what finished is recorded, a rerun resumes."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while leaving: no traceback
-    # CPython marks a KeyboardInterrupt that ends an exec() of source text as unhandled even
-    # when it is caught further up (a dataclass's generated __init__ while torch or scipy
-    # imports), and `python -m` then leaves by SIGINT (-2) instead of 130. The next exec() of
-    # text clears that mark (Python/pythonrun.c, run_eval_code_obj).
-    exec("")
-    print("vae-bench: interrupted; finished runs are kept and a rerun resumes (from the "
-          "last mid-run checkpoint where train.checkpoint_every is set)", file=sys.stderr)
-    return 130
-
-
 def main(argv: list[str] | None = None) -> int:
     from .allocator import tune
+    from .interrupt import CtrlC, interrupted
 
-    ctrl_c = _CtrlC()
+    ctrl_c = CtrlC()
     try:
         with ctrl_c:
             tune()
@@ -366,10 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-bench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return _interrupted()
+        return interrupted()
     except Exception as e:
         if ctrl_c.seen:  # an error that only followed a Ctrl-C
-            return _interrupted()
+            return interrupted()
         if not isinstance(e, OSError):
             raise
         # runtime: unwritable results, full disk, ...

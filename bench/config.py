@@ -129,6 +129,14 @@ class EvalConfig:
     test_points: int = fld(0, "evaluate on the first N >= 2 points of the test split (0: all of "
                            "it; one point has no standard error)",
                            low=0)
+    # AIS (bench.ais): an evaluation attached to a finished run, its own ais-*.json record
+    ais_points: int = fld(0, "AIS on a seeded subset of N test points (suite; 0: none)", low=0)
+    ais_steps: int = fld(500, "AIS: T, intermediate distributions (sigmoid schedule)", low=1)
+    ais_chains: int = fld(16, "AIS: chains per point (Wu et al. 2017: 16)", low=1)
+    ais_leapfrog: int = fld(10, "AIS: leapfrog steps per HMC trajectory", low=1)
+    ais_start: str = fld("encoder", "AIS: chains start at q(z|x) (encoder) or p(z) (prior)",
+                         choices=("encoder", "prior"))
+    bdmc_points: int = fld(0, "BDMC beside AIS on N points simulated from the model", low=0)
 
 
 @dataclass(frozen=True)
@@ -297,8 +305,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
                           f"allowed for variant {cfg.variant!r}"
                           f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
+    from .datafile import image_shape
+
     shape = datasets.point_shape(cfg.dataset)
-    image = datafile_image(shape)
+    image = image_shape(shape)
     if model.decoder == "pixelcnn" and image and model.pixelcnn_kernel > 2 * max(image) - 1:
         raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is larger than the "
                           f"{image[0]}x{image[1]} image can use; allowed: an odd int <= "
@@ -348,21 +358,15 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
 
 #: fields added after runs were recorded: part of a run's identity only when not at the default
-HASHED_ONLY_WHEN_SET = (("train", "compile"), ("train", "train_points"), ("train", "lr_schedule"),
-                        ("train", "adam_beta1"), ("train", "adam_beta2"), ("train", "adam_eps"),
-                        ("model", "init"), ("model", "latent2_dim"), ("model", "latent2_hidden"),
-                        ("train", "stop_patience"), ("train", "lr_decay_patience"),
-                        ("train", "lr_decay"), ("train", "max_decays"), ("train", "monitor"),
-                        ("train", "protocol_from"),
-                        ("model", "posterior_scale"), ("model", "obs_var"))
+HASHED_ONLY_WHEN_SET = (
+    *(("train", k) for k in ("compile", "train_points", "lr_schedule", "adam_beta1", "adam_beta2",
+                             "adam_eps", "stop_patience", "lr_decay_patience", "lr_decay",
+                             "max_decays", "monitor", "protocol_from")),
+    *(("model", k) for k in ("init", "latent2_dim", "latent2_hidden", "posterior_scale",
+                             "obs_var")))
 #: fields that never change a run's numbers: never part of its id
-NOT_HASHED = (("train", "checkpoint_every"),)
-
-
-def datafile_image(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    from .datafile import image_shape
-
-    return image_shape(shape)
+NOT_HASHED = (("train", "checkpoint_every"), *(("eval", f.name) for f in dataclasses.fields(
+    EvalConfig) if f.name.startswith(("ais_", "bdmc_"))))  # attached evaluations (bench.attached)
 
 
 def variant_source(name: str) -> dict | None:

@@ -60,6 +60,8 @@ class TwoLayerLatent:
     """The latent family of the two-layer model: z = (h1, h2) with d1 + d2 units, the encoder
     giving q(h1|x)'s 2 d1 parameters; the networks of q(h2|h1) and p(h1|h2) are the model's."""
 
+    continuous = True
+
     def __init__(self, d1: int, d2: int, bottom_up: nn.Module, top_down: nn.Module):
         self.d1, self.d2 = d1, d2
         self.dim = self.units = d1 + d2

@@ -25,7 +25,8 @@ needs to know which variant produced it:
   ``kl(z)`` (two stochastic layers, ``variants.hierarchy``).
 
 The latent family itself gives ``param_size`` (encoder outputs), ``dim`` (decoder inputs), ``units``
-(what active units count), ``prior_sample(n, generator)`` and
+(what active units count), ``continuous`` (whether z can move along gradients: annealed
+importance sampling needs it), ``prior_sample(n, generator)`` and
 ``draw_noise(n, batch, generator, like)`` (the raw noise of n training samples per point).
 """
 
@@ -48,6 +49,8 @@ class GaussianLatent:
     is the exp of a linear output of the encoder, z = mu + sigma * eps, and the KL to the standard
     normal prior is analytic.
     """
+
+    continuous = True  # z moves along gradients (annealed importance sampling's HMC)
 
     def __init__(self, dim: int):
         self.dim = dim
@@ -129,6 +132,8 @@ class CategoricalLatent:
     eq. 1; Maddison et al. 2017); ``hard=True`` gives the straight-through estimator (one-hot
     forward pass, relaxed gradient; Jang et al. 2017 section 2.2). Evaluation samples are discrete.
     """
+
+    continuous = False  # one-hot codes: no gradient moves between them
 
     def __init__(self, n_vars: int, n_classes: int):
         self.n_vars, self.n_classes = n_vars, n_classes
