@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from variants.base import ConfigError
 
 from . import ais as ais_mod
 from . import numerics
@@ -24,6 +27,10 @@ from .metrics import encode, mean_se, nll_is_points
 from .seeding import generator
 
 RECORD_PREFIX = "ais-"
+
+
+class NotAnnealable(ConfigError):
+    """The run's model has a latent AIS cannot anneal (categorical codes)."""
 
 
 def settings_of(eval_cfg, **override) -> tuple[ais_mod.AISSettings, int, int]:
@@ -65,7 +72,8 @@ def read_record(run_dir: Path, name: str) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and "nll_ais" in record else None
+    return record if isinstance(record, dict) and ("nll_ais" in record or "skipped" in record) \
+        else None
 
 
 def _write(path: Path, record: dict) -> None:
@@ -136,8 +144,6 @@ def evaluate_ais(run_dir: Path, data_dir: str | None = None, force: bool = False
     """The AIS record of a finished run with the run's eval.ais_* settings (or ``override``:
     steps, chains, leapfrog, start, points, bdmc): read where it exists, else computed and
     written beside metrics.json. Returns (its path, the record)."""
-    from variants.base import ConfigError
-
     from .config import from_dict
     from .results import read_json
     from .runner import load_run
@@ -152,9 +158,12 @@ def evaluate_ais(run_dir: Path, data_dir: str | None = None, force: bool = False
     numerics.apply(cfg.numerics)
     try:
         settings, points, bdmc_points = settings_of(cfg.eval, **override)
-        ais_mod.check_model(model)
     except ais_mod.AISError as e:
         raise ConfigError(str(e)) from None
+    try:
+        ais_mod.check_model(model)
+    except ais_mod.AISError as e:
+        raise NotAnnealable(str(e)) from None
     if points < 1:
         raise ConfigError("AIS needs test points: eval.ais_points=0 here; allowed: "
                           "--ais-points N or --set eval.ais_points=N with N >= 1")
@@ -203,3 +212,49 @@ def summary_scalars(record: dict, nll_is: float | None) -> dict:
         for k in ("nll_exact", "nll_exact_se", "inference_gap", "ais_minus_exact"):
             out[f"{k}_subset" if k == "nll_exact" else k] = exact.get(k)
     return out
+
+
+def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int]:
+    """The finished runs of a profile whose eval config asks for an AIS record they lack
+    ((label, run directory) in grid order), and how many of the grid ask for one."""
+    from .profile import grid
+    from .results import finished, read_json
+    from .runner import run_name
+    from .suite import runs_dir
+
+    out, asked = [], 0
+    for label, cfg in grid(profile):
+        if not cfg.eval.ais_points:
+            continue
+        asked += 1
+        path = runs_dir(results, profile) / run_name(cfg)
+        if not finished(path) or read_json(path / "metrics.json").get("status") != "ok":
+            continue
+        if profile_record(path, cfg) is None:
+            out.append((label, path))
+    return out, asked
+
+
+def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
+    """After the grid: the AIS record of every finished run that lacks the one its profile asks
+    for, one run at a time (each written when done, so an interrupted pass resumes). A run whose
+    latent AIS cannot anneal (categorical) is named and skipped; counts of what was done."""
+    from .profile import grid
+    from .runner import run_name
+
+    todo, _ = pending_records(profile, results)
+    configs = {run_name(cfg): cfg for _, cfg in grid(profile)}
+    counts = {}
+    for label, path in todo:
+        try:
+            evaluate_ais(path, data_dir)
+            key = "ais done"
+        except NotAnnealable as e:  # recorded, so that the next pass does not try again
+            cfg = configs[path.name]
+            settings, points, bdmc_points = settings_of(cfg.eval)
+            _write(path / record_name(settings, points, cfg.eval.seed, bdmc_points),
+                   {"kind": "ais", "skipped": str(e), "nll_ais": None})
+            print(f"vae-bench: {label}: AIS does not apply ({e})", file=sys.stderr)
+            key = "ais not applicable"
+        counts[key] = counts.get(key, 0) + 1
+    return counts

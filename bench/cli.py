@@ -82,6 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    from .attached import attach_all, pending_records
     from .suite import dry_run, load_profile, run_suite, with_variants
 
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
@@ -92,9 +93,15 @@ def cmd_suite(args: argparse.Namespace) -> int:
             print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}"
                   + (f"  ({r['why']})" if r.get("why") else ""))
         print(line)
+        todo, asked = pending_records(profile, Path(args.results))
+        if asked:
+            print(f"AIS (eval.ais_points): {len(todo)} finished runs lack their record; runs "
+                  "still to train get theirs after the grid")
         return 0
-    counts = run_suite(profile, Path(args.results), args.jobs, args.data_dir,
-                       backend=args.backend, ray_address=args.ray_address)
+    counts = {} if args.ais_only else run_suite(
+        profile, Path(args.results), args.jobs, args.data_dir, backend=args.backend,
+        ray_address=args.ray_address)
+    counts.update(attach_all(profile, Path(args.results), args.data_dir))
     print(json.dumps(counts, sort_keys=True))
     return 1 if any(k.startswith("failed") for k in counts) else 0
 
@@ -279,6 +286,9 @@ def parser() -> argparse.ArgumentParser:
                    help="repeatable: add a configuration of this variant (a name or module:Class) "
                    "to the profile, as profile PROFILE+VARIANT that copies the profile's finished "
                    "runs and trains only the new ones")
+    s.add_argument("--ais-only", action="store_true",
+                   help="train nothing: only the AIS records (eval.ais_points) that finished "
+                        "runs lack (the suite computes them after its grid anyway)")
     s.set_defaults(func=cmd_suite)
 
     rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")

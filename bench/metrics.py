@@ -44,6 +44,9 @@ METRICS = {m.name: m for m in [
     Metric("mutual_info_bound", None, "log N: no estimate pooled over N points can exceed it"),
     Metric("nll_exact", False, "-log p(x) in closed form (where the model admits it)"),
     Metric("is_gap", False, "nll_is - nll_exact, paired per point (the estimator's error)"),
+    Metric("nll_ais", False, "-log p(x) by annealed importance sampling (bench.ais), on a subset"),
+    Metric("is_minus_ais", None, "nll_is - nll_ais on the same points, paired per point"),
+    Metric("nll_exact_subset", False, "-log p(x) by quadrature (latents of 1-2 dims), the subset"),
 ]}
 
 

@@ -208,3 +208,51 @@ def test_evaluate_ais_on_a_categorical_latent_is_one_line_exit_2(tmp_path, capsy
     assert main(["evaluate", str(run), "--ais", "--ais-points", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "continuous latent" in err[0]
+
+
+TINY_PROFILE = """
+[profile]
+description = "AIS attached to a tiny grid"
+seeds = [0, 1]
+budget = "seconds"
+baseline = "vae"
+
+[defaults]
+dataset = "digits"
+"model.hidden" = [16]
+"model.latent_dim" = 3
+"train.epochs" = 1
+"eval.is_samples" = 20
+"eval.ais_points" = 12
+"eval.ais_steps" = 5
+"eval.ais_chains" = 2
+
+[[config]]
+label = "vae"
+variant = "vae"
+
+[[config]]
+label = "beta=0.5"
+variant = "beta"
+beta = 0.5
+"""
+
+
+def test_suite_attaches_ais_after_the_grid_and_the_report_reads_it(tmp_path, capsys):
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(TINY_PROFILE)
+    results, reports = tmp_path / "results", tmp_path / "reports"
+    assert main(["suite", "--profile", str(profile), "--results", str(results)]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["ok"] == 4 and counts["ais done"] == 4
+    records = sorted(results.glob("tiny/runs/*/ais-T5-C2-L10-encoder-N12-s0.json"))
+    assert len(records) == 4
+    indices = {tuple(json.loads(p.read_text())["per_point"]["index"]) for p in records}
+    assert len(indices) == 1  # every run on the same points
+    assert main(["suite", "--profile", str(profile), "--results", str(results)]) == 0
+    assert "ais done" not in capsys.readouterr().out  # computed once
+    assert main(["report", "--profile", str(profile), "--results", str(results), "--reports",
+                 str(reports)]) == 0
+    text = (reports / "tiny.md").read_text()
+    assert "NLL (AIS)" in text and "## How far the IS NLL is from the truth (AIS)" in text
+    assert "Conclusions that change with the estimator" in text

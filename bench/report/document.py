@@ -12,8 +12,10 @@ from variants.base import ConfigError
 
 from ..config import SUITE_VERSION
 from ..data import TEST_BINARIZATION_SEED
+from ..profile import grid
 from ..suite import Profile, runs_dir
 from .compute import compute_section
+from .estimators import estimator_section
 from .figures import figures
 from .paired import paired_table, reading
 from .records import PRINTED, load_run, summarize
@@ -162,6 +164,18 @@ def _mi_bound(summary: pd.DataFrame) -> str:
                                    f"{bound.max():.2f} nats, so MI near it is saturated")
 
 
+def _ais_lines(profile: Profile, summary: pd.DataFrame) -> list[str]:
+    """The estimator section where the profile's runs have AIS records (bench/report/estimators.py)."""
+    points = grid(profile)
+    if not points or not points[0][1].eval.ais_points:
+        return []
+    ev = points[0][1].eval
+    return estimator_section(summary, profile.baseline,
+                             f"T = {ev.ais_steps} intermediate distributions, {ev.ais_chains} "
+                             f"chains of {ev.ais_leapfrog}-step HMC started at the {ev.ais_start}, "
+                             f"{ev.ais_points} test points")
+
+
 def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths: list[Path],
            reports: Path) -> str:
     info = _environment(profile, summary, results)
@@ -209,6 +223,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
         f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
+    ais_lines = _ais_lines(profile, summary)
+    lines += ["", *ais_lines[:-1]] if ais_lines else []
     if "stop_reason" in summary and summary["stop_reason"].notna().any():
         lines += ["", f"stopped: the convergence protocol ({_protocol(train, profile)}); "
                   "converged = stopped by its rule, capped = reached the epoch cap first. Every "

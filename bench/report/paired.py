@@ -12,10 +12,13 @@ from .tables import config_name
 PAIRED = [("nll_is", "NLL"), ("kl", "KL"), ("mutual_info", "MI")]
 
 
-def paired_differences(summary: pd.DataFrame, reference: str) -> dict[str, dict]:
+def paired_differences(summary: pd.DataFrame, reference: str,
+                       metrics: list[tuple[str, str]] | None = None) -> dict[str, dict]:
     """Per configuration (not the reference): for each metric of ``PAIRED``, the differences
     configuration - reference over the seeds both finished, their mean, and the half-width of
-    the 95 % t interval (n - 1 degrees of freedom): {name: {metric: (mean, half, n)}}."""
+    the 95 % t interval (n - 1 degrees of freedom): {name: {metric: (mean, half, n)}}.
+    ``metrics``: other (column, title) pairs than ``PAIRED``; a seed missing a value (NaN)
+    gives a NaN mean."""
     from scipy import stats
 
     ok = summary[summary["status"] == "ok"]
@@ -27,7 +30,10 @@ def paired_differences(summary: pd.DataFrame, reference: str) -> dict[str, dict]
         rows = ok[ok["label"] == label].set_index("seed")
         seeds = sorted(set(rows.index) & set(ref.index))
         rec = {}
-        for col, _ in PAIRED:
+        for col, _ in metrics or PAIRED:
+            if col not in rows or col not in ref:
+                rec[col] = (np.nan, np.nan, 0)
+                continue
             d = (rows.loc[seeds, col].astype(float) - ref.loc[seeds, col].astype(float)).to_numpy()
             n = len(d)
             half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
