@@ -46,7 +46,7 @@ METRICS = {m.name: m for m in [
     Metric("is_gap", False, "nll_is - nll_exact, paired per point (the estimator's error)"),
     Metric("nll_ais", False, "-log p(x) by annealed importance sampling (bench.ais), on a subset"),
     Metric("is_minus_ais", None, "nll_is - nll_ais on the same points, paired per point"),
-    Metric("nll_exact_subset", False, "-log p(x) by quadrature (latents of 1-2 dims), the subset"),
+    Metric("nll_exact_subset", False, "-log p(x) by quadrature (1-2 dim latents), AIS's points"),
 ]}
 
 

@@ -43,6 +43,13 @@ def grid(dim: int, radius: float, cells: int, dtype=torch.float64,
     return pts, dim * math.log(h)
 
 
+def shares_logits(model) -> bool:
+    """Whether the decoder's logits depend on z alone (one grid serves every point)."""
+    like = next(model.parameters())
+    with torch.no_grad():
+        return _shared_logits(model, like.new_zeros(1, model.latent.dim)) is not None
+
+
 def _shared_logits(model, z: Tensor) -> Tensor | None:
     """The decoder's logits at z (G, D) when they do not depend on x, else None."""
     from variants.decoders import AutoregressiveDecoder, MLPDecoder

@@ -42,6 +42,7 @@ def gap_table(summary: pd.DataFrame) -> pd.DataFrame:
         if "nll_exact_subset" in ok and ok["nll_exact_subset"].notna().any():
             rec["NLL (exact, subset)"] = _mean_sd(with_ais, "nll_exact_subset")
             rec["AIS − exact"] = _mean_sd(with_ais, "ais_minus_exact", 3)
+            rec["IS − exact (its points)"] = _mean_sd(with_ais, "is_gap", 3)
         out.append(rec)
     return pd.DataFrame(out)
 

@@ -19,9 +19,9 @@ MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
 TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": "MI",
           "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon",
           "ess": "IS ESS / K", "nll_ais": "NLL (AIS)", "is_minus_ais": "IS − AIS",
-          "nll_exact_subset": "NLL (exact)"}
+          "nll_exact": "NLL (exact)"}
 #: the main table's columns from attached evaluations (bench.attached), shown where measured
-ATTACHED_COLUMNS = ["nll_ais", "is_minus_ais", "nll_exact_subset"]
+ATTACHED_COLUMNS = ["nll_ais", "is_minus_ais", "nll_exact"]
 #: decimals of a profile's own main-table column where 2 would hide it (default 2)
 DIGITS = {"ess": 4}
 
@@ -75,7 +75,9 @@ def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), digits)
             if col == "active_units" and "active_units_by_layer" in summary:
                 rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
-        for col in [c for c in ATTACHED_COLUMNS if c in summary and summary[c].notna().any()]:
+        attached = "nll_ais" in summary and summary["nll_ais"].notna().any()
+        for col in [c for c in ATTACHED_COLUMNS if attached and c in summary
+                    and summary[c].notna().any()]:
             vals = rows[col].astype(float)
             rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), 2)
         for col in columns:  # the profile's own (``[profile] columns``)
