@@ -57,7 +57,7 @@ AIS_BLOCK = 100  # data points annealed together (fixes which noise each point g
 STARTS = ("encoder", "prior")
 MASSES = ("posterior", "identity")
 TARGET_ACCEPT = 0.65  # Wu et al. 2017 and eval_gen's HMC target
-STEP_BOUNDS = (1e-4, 2.0)  # in whitened units (eval_gen clips a raw step to [1e-4, 0.5])
+STEP_BOUNDS = (1e-4, 10.0)  # in whitened units (eval_gen clips a raw step to [1e-4, 0.5])
 
 
 class AISError(ValueError):

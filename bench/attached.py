@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from variants.base import ConfigError
+from variants.latents import GaussianLatent
 
 from . import ais as ais_mod
 from . import numerics
@@ -117,7 +118,7 @@ def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, poi
     record["nll_is_subset"], record["nll_is_subset_se"] = mean_se(nll_is)
     record["is_minus_ais"], record["is_minus_ais_se"] = mean_se(nll_is.double() - nll_ais)
     record["ess_subset"] = ess.mean().item()
-    if model.latent.dim in (1, 2) and getattr(model.latent, "continuous", False):
+    if model.latent.dim in (1, 2) and isinstance(model.latent, GaussianLatent):
         # exact log p(x) on the grid: on the whole split where one grid serves every point
         # (its IS per point is then the run's own nll_is, same seed and blocks), else the subset
         whole = quadrature.shares_logits(model)

@@ -15,7 +15,8 @@ On the same grid: the posterior mean E_p(z|x)[z] (He et al. 2019's posterior-mea
 exact inference gap log p(x) - ELBO(x) = KL(q(z|x) || p(z|x)), with the ELBO's expected log
 likelihood under q summed on the grid too (``q_mass`` says how much of q the grid holds).
 
-Where the decoder's logits do not depend on x (the MLP decoder), the grid's logits are computed
+For one stochastic layer with the N(0, I) prior (``variants.latents.GaussianLatent``). Where the
+decoder's logits do not depend on x (the MLP decoder), the grid's logits are computed
 once and shared by every point: log p(x|z_i) = x . l_i - sum softplus(l_i), one matmul.
 """
 
