@@ -131,16 +131,11 @@ class _Block:
     """The densities of one block of points: log f_0, log p(x, z), and their gradients."""
 
     def __init__(self, model, x: Tensor, q, settings: AISSettings):
-        from variants.decoders.latent_grad import latent_gradient
-
         self.model, self.q, self.settings = model, q, settings
         self.prior = settings.start == "prior"
-        # a diagonal Gaussian q with the N(0, I) prior: the densities' gradients in closed form,
-        # and the likelihood's from a hand-written pass where the decoder has one
+        # a diagonal Gaussian q with the N(0, I) prior: its densities' gradients in closed form
         self.gaussian = isinstance(q, GaussianPosterior)
-        self.fast = latent_gradient(model.decoder, x) \
-            if self.gaussian and model.likelihood == "bernoulli" else None
-        self.log_lik = differentiable_log_likelihood(model, x) if self.fast is None else None
+        self.log_lik = differentiable_log_likelihood(model, x)
         logvar = getattr(q, "logvar", None)
         if settings.mass == "posterior" and logvar is not None:
             self.scale = torch.exp(0.5 * logvar).detach()  # (B, Z): sigma_q, whitening
@@ -149,22 +144,16 @@ class _Block:
 
     def evaluate(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """log f_0(z), log p(x, z) (S, B) and their gradients in z (S, B, Z)."""
-        if self.fast is not None:
-            with torch.no_grad():
-                log_lik, g_lik = self.fast(z)
-                log_pz = self.q.prior_log_prob(z)
-                log_joint, g_joint = log_pz + log_lik, g_lik - z
-        else:
-            with torch.enable_grad():
-                z = z.detach().requires_grad_(True)
-                log_pz = self.q.prior_log_prob(z)
-                log_joint = log_pz + self.log_lik(z)
-                g_joint, = torch.autograd.grad(log_joint.sum(), z,
-                                               retain_graph=self.prior and not self.gaussian)
-                if not self.gaussian:
-                    log_init = log_pz if self.prior else self.q.log_prob(z)
-                    g_init, = torch.autograd.grad(log_init.sum(), z)
-            z = z.detach()
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            log_pz = self.q.prior_log_prob(z)
+            log_joint = log_pz + self.log_lik(z)
+            g_joint, = torch.autograd.grad(log_joint.sum(), z,
+                                           retain_graph=self.prior and not self.gaussian)
+            if not self.gaussian:
+                log_init = log_pz if self.prior else self.q.log_prob(z)
+                g_init, = torch.autograd.grad(log_init.sum(), z)
+        z = z.detach()
         if self.gaussian and self.prior:
             log_init, g_init = log_pz, -z
         elif self.gaussian:

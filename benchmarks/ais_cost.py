@@ -4,14 +4,13 @@ Seconds per test point of AIS with 16 chains and 10 leapfrog steps, at T = 100 a
 intermediate distributions (the tuning pilot included), for the default profile's `vae` with
 each decoder setting's architecture: the MLP decoder (784-200-200-32 tanh encoder, 32-200-200-784
 decoder) and lagging MADE (one hidden layer of 500, direct connections, z into the hidden layer
-only), on one block of 100 MNIST-shaped binary points, in portable numerics. Beside each: the
-same AIS with the likelihood's gradient by autograd instead of the hand-written pass
-(``variants/decoders/latent_grad.py``), at T = 100 in the same process (the ratio is the
-hand-written pass's gain), and IS with K = 500 (the suite's importance sampler) for scale.
+only), on one block of 100 MNIST-shaped binary points, in portable numerics, with IS with
+K = 500 (the suite's importance sampler) beside it for scale. Each figure is the median of
+``--rounds`` rounds (a shared machine drifts).
 The cost is the same for trained and untrained weights (a fixed number of decoder passes per
 step), so the models are freshly initialized.
 
-    .venv/bin/python benchmarks/ais_cost.py [--points 100] [--steps 100 1000]
+    .venv/bin/python benchmarks/ais_cost.py [--points 100] [--steps 100 1000] [--rounds 1]
 
 Writes results/throughput/ais-cost.json.
 """
@@ -20,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,6 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--steps", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results/throughput/ais-cost.json"))
     args = p.parse_args()
     numerics.apply(numerics.active())
@@ -77,23 +78,13 @@ def main() -> None:
         rec = {}
         for steps in args.steps:
             s = ais.AISSettings(steps=steps)
-            rec[f"T{steps}_seconds_per_point"] = timed(
-                lambda s=s: ais.ais_points(model, x, s, 0)) / args.points
-        import variants.decoders.latent_grad as lg
-
-        real = lg.latent_gradient
-        lg.latent_gradient = lambda *a, **k: None  # the autograd path, same arithmetic
-        try:
-            rec["T100_autograd_seconds_per_point"] = timed(
-                lambda: ais.ais_points(model, x, ais.AISSettings(steps=100), 0)) / args.points
-        finally:
-            lg.latent_gradient = real
+            rec[f"T{steps}_seconds_per_point"] = statistics.median(
+                timed(lambda s=s, m=model: ais.ais_points(m, x, s, 0)) / args.points
+                for _ in range(args.rounds))
         with torch.no_grad():
-            rec["is_k500_seconds_per_point"] = timed(
-                lambda: nll_is_points(model, encode(model, x), x, 500, 0)) / args.points
-        if "T100_seconds_per_point" in rec:
-            rec["hand_written_gain_T100"] = (rec["T100_autograd_seconds_per_point"]
-                                             / rec["T100_seconds_per_point"])
+            rec["is_k500_seconds_per_point"] = statistics.median(
+                timed(lambda m=model: nll_is_points(m, encode(m, x), x, 500, 0)) / args.points
+                for _ in range(args.rounds))
         if "T1000_seconds_per_point" in rec:
             rec["T1000_500_points_minutes"] = rec["T1000_seconds_per_point"] * 500 / 60
             rec["T1000_over_is_k500"] = rec["T1000_seconds_per_point"] / rec[

@@ -13,8 +13,6 @@ from test_metrics import linear_gaussian_model
 from bench import ais, metrics, quadrature
 from bench.cli import main
 from variants.core import VAE
-from variants.decoders import make_decoder
-from variants.decoders.latent_grad import latent_gradient
 from variants.latents import CategoricalLatent, GaussianLatent
 
 
@@ -93,21 +91,6 @@ def test_a_categorical_latent_is_refused():
     model = VAE(6, CategoricalLatent(2, 3), hidden=(), decoder_hidden=())
     with pytest.raises(ais.AISError, match="continuous latent"):
         ais.check_model(model)
-
-
-@pytest.mark.parametrize("kind,options", [("mlp", {}), ("made", {"z_output": False}),
-                                          ("made", {"skip": True})])
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_hand_written_latent_gradient_equals_autograd(kind, options, activation):
-    torch.manual_seed(0)
-    dec = make_decoder(kind, 5, 20, hidden=(16, 16), activation=activation, **options).double()
-    x = (torch.rand(7, 20, dtype=torch.float64) < 0.4).double()
-    z = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
-    value, grad = latent_gradient(dec, x)(z.detach())
-    ref = dec.log_prob(x, z)
-    ref_grad, = torch.autograd.grad(ref.sum(), z)
-    torch.testing.assert_close(value, ref, rtol=0, atol=1e-10)
-    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("d", [1, 2])
