@@ -18,10 +18,10 @@ MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
 
 TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": "MI",
           "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon",
-          "ess": "IS ESS / K", "nll_ais": "NLL (AIS)", "is_minus_ais": "IS − AIS",
-          "nll_exact": "NLL (exact)"}
+          "ess": "IS ESS / K"}
 #: the main table's columns from attached evaluations (bench.attached), shown where measured
-ATTACHED_COLUMNS = ["nll_ais", "is_minus_ais", "nll_exact"]
+ATTACHED_COLUMNS = {"nll_ais": "NLL (AIS)", "is_minus_ais": "IS − AIS",
+                    "nll_exact": "NLL (exact)"}
 #: decimals of a profile's own main-table column where 2 would hide it (default 2)
 DIGITS = {"ess": 4}
 
@@ -76,10 +76,10 @@ def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -
             if col == "active_units" and "active_units_by_layer" in summary:
                 rec["AU by layer"] = _by_layer(rows["active_units_by_layer"])
         attached = "nll_ais" in summary and summary["nll_ais"].notna().any()
-        for col in [c for c in ATTACHED_COLUMNS if attached and c in summary
-                    and summary[c].notna().any()]:
-            vals = rows[col].astype(float)
-            rec[TITLES[col] + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), 2)
+        for col, title in ATTACHED_COLUMNS.items():
+            if attached and col in summary and col not in columns and summary[col].notna().any():
+                vals = rows[col].astype(float)
+                rec[title + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1), 2)
         for col in columns:  # the profile's own (``[profile] columns``)
             vals = rows[col].astype(float) if col in rows else pd.Series(dtype=float)
             rec[TITLES.get(col, col) + _arrow(col)] = _fmt(vals.mean(), vals.std(ddof=1),
