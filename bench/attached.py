@@ -260,13 +260,15 @@ def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
     configs = {run_name(cfg): cfg for _, cfg in grid(profile)}
     counts = {}
     for label, path in todo:
+        ev = configs[path.name].eval  # the profile's settings, not the record's config.json
         try:
-            evaluate_ais(path, data_dir)
+            evaluate_ais(path, data_dir, steps=ev.ais_steps, chains=ev.ais_chains,
+                         leapfrog=ev.ais_leapfrog, start=ev.ais_start, points=ev.ais_points,
+                         bdmc=ev.bdmc_points)
             key = "ais done"
         except NotAnnealable as e:  # recorded, so that the next pass does not try again
-            cfg = configs[path.name]
-            settings, points, bdmc_points = settings_of(cfg.eval)
-            _write(path / record_name(settings, points, cfg.eval.seed, bdmc_points),
+            settings, points, bdmc_points = settings_of(ev)
+            _write(path / record_name(settings, points, ev.seed, bdmc_points),
                    {"kind": "ais", "skipped": str(e), "nll_ais": None})
             print(f"vae-bench: {label}: AIS does not apply ({e})", file=sys.stderr)
             key = "ais not applicable"

@@ -234,6 +234,13 @@ def test_suite_attaches_ais_after_the_grid_and_the_report_reads_it(tmp_path, cap
     assert len(indices) == 1  # every run on the same points
     assert main(["suite", "--profile", str(profile), "--results", str(results)]) == 0
     assert "ais done" not in capsys.readouterr().out  # computed once
+    # other AIS settings in the profile: the same runs (not part of the id), new records, even
+    # where a run's own config.json names other settings (or none, as records from before)
+    profile.write_text(TINY_PROFILE.replace('"eval.ais_points" = 12', '"eval.ais_points" = 8'))
+    assert main(["suite", "--profile", str(profile), "--results", str(results)]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts.get("ok", 0) == 0 and counts["ais done"] == 4
+    assert len(list(results.glob("tiny/runs/*/ais-T5-C2-L10-encoder-N8-s0.json"))) == 4
     assert main(["report", "--profile", str(profile), "--results", str(results), "--reports",
                  str(reports)]) == 0
     text = (reports / "tiny.md").read_text()
