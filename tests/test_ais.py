@@ -246,3 +246,30 @@ def test_suite_attaches_ais_after_the_grid_and_the_report_reads_it(tmp_path, cap
     text = (reports / "tiny.md").read_text()
     assert "NLL (AIS)" in text and "## How far the IS NLL is from the truth (AIS)" in text
     assert "Conclusions that change with the estimator" in text
+
+
+def test_ais_on_two_stochastic_layers_recovers_the_closed_form():
+    # the joint latent (h1, h2), q(h2|h1) through a network: every gradient by autograd
+    from test_two_layers import linear_model, sample_data
+
+    model = linear_model(d_obs=6, d1=3, d2=2)
+    x = sample_data(model, 30)
+    exact = model.exact_log_marginal(x)
+    out = ais.ais_points(model, x, ais.AISSettings(steps=200, chains=8), seed=0)
+    err = out["log_px"] - exact
+    assert abs(err.mean()) < max(0.05, 3 * err.std() / math.sqrt(len(x))), err.mean()
+
+
+@pytest.mark.parametrize("decoder,options", [("made", {"decoder_hidden": (12,)}),
+                                             ("pixelcnn", {"image_shape": (4, 4), "layers": 2,
+                                                           "channels": 4})])
+def test_ais_of_one_step_is_is_for_autoregressive_decoders(decoder, options):
+    # the x-terms computed once per block, then z's part per chain: the same log p(x|z)
+    torch.manual_seed(0)
+    model = VAE(16, GaussianLatent(3), hidden=(12,), decoder=decoder, **options).double().eval()
+    x = (torch.rand(9, 16, dtype=torch.float64) < 0.4).double()
+    out = ais.ais_points(model, x, ais.AISSettings(steps=1, chains=8), seed=2, stream="nll_is")
+    nll, _ = metrics.nll_is_points(model, metrics.encode(model, x), x, 8, seed=2)
+    torch.testing.assert_close(out["log_px"], -nll, rtol=0, atol=1e-9)
+    assert torch.isfinite(ais.ais_points(model, x, ais.AISSettings(steps=5, chains=2),
+                                         seed=0)["log_px"]).all()
