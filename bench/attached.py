@@ -24,6 +24,7 @@ from variants.latents import GaussianLatent
 
 from . import ais as ais_mod
 from . import numerics
+from .identity import run_name
 from .metrics import encode, mean_se, nll_is_points
 from .seeding import generator
 
@@ -233,7 +234,6 @@ def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int
     ((label, run directory) in grid order), and how many of the grid ask for one."""
     from .profile import grid
     from .results import finished, read_json
-    from .runner import run_name
     from .suite import runs_dir
 
     out, asked = [], 0
@@ -254,8 +254,6 @@ def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
     for, one run at a time (each written when done, so an interrupted pass resumes). A run whose
     latent AIS cannot anneal (categorical) is named and skipped; counts of what was done."""
     from .profile import grid
-    from .runner import run_name
-
     todo, _ = pending_records(profile, results)
     configs = {run_name(cfg): cfg for _, cfg in grid(profile)}
     counts = {}

@@ -29,7 +29,8 @@ def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int)
     import torch
 
     from .allocator import tune
-    from .runner import execute, run_name
+    from .identity import run_name
+    from .runner import execute
 
     tune()  # in every worker process, whatever the backend
     out = Path(out)

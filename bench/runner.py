@@ -34,6 +34,7 @@ from .config import (
     variant_source,
 )
 from .convergence import Convergence
+from .identity import checkpoint_dir, run_name
 from .metrics import (
     active_directions,
     encode,
@@ -167,14 +168,6 @@ def rebuild_weights(cfg: RunConfig, path: Path, data_dir: str | None) -> None:
         os.replace(rebuilt / path.name / "model.pt", path / "model.pt")
     finally:
         shutil.rmtree(rebuilt, ignore_errors=True)
-
-
-def run_name(cfg: RunConfig) -> str:
-    """``variant-dataset-sSEED-ID``: an import path's ``:`` becomes ``.``, a dataset file is
-    named by its stem (the run id carries both digests)."""
-    variant = cfg.variant.replace(":", ".")
-    dataset = Path(cfg.dataset).stem if datasets.digest(cfg.dataset) else cfg.dataset
-    return f"{variant}-{dataset}-s{cfg.seed}-{run_id(cfg)}"
 
 
 def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
@@ -312,13 +305,6 @@ def collapse_law(cfg: RunConfig, dataset: data_mod.Dataset, metrics: dict, model
         q = encode(model, dataset.test.to(dtype=dtype, device=torch.device(cfg.device)))
     return {**out, "collapsed_measured": m.latent_dim - int(metrics["active_units"]),
             "collapsed_directions": m.latent_dim - active_directions(q)}
-
-
-def checkpoint_dir(target: Path) -> Path:
-    """Where a run's mid-run checkpoints live: beside its directory, in the results' hidden
-    ``.checkpoints`` folder (the ``.NAME.*`` folders of a run are its writers' temporaries,
-    removed as orphans when a run starts)."""
-    return target.parent / ".checkpoints" / target.name
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from variants.base import ConfigError
 
 from .backends import BACKENDS, _local, _ray, run_one
 from .config import RunConfig, pretrain_config
+from .identity import checkpoint_dir, run_name
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
 from .results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 
@@ -39,8 +40,6 @@ def reuse_finished(profile: Profile, results: Path) -> int:
     """Copy into this profile's runs every missing run (and pretrained decoder) that a profile
     of ``profile.reuse`` finished under the same results directory; returns how many. A copy
     lands whole (a temporary name, then renamed), without mid-run checkpoints."""
-    from .runner import run_name
-
     out = runs_dir(results, profile)
     wanted = {}
     for _, cfg in grid(profile):
@@ -70,8 +69,6 @@ def reuse_finished(profile: Profile, results: Path) -> int:
 
 
 def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
-    from .runner import run_name
-
     out = runs_dir(results, profile)
     return [(label, cfg) for label, cfg in grid(profile)
             if not finished(out / run_name(cfg))]
@@ -80,8 +77,6 @@ def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
 def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
     """The runs to do in order: first the missing pretrained decoders that pending lagging runs
     start from (each once), then the runs themselves, so no worker waits for another's decoder."""
-    from .runner import run_name
-
     first = {}
     for cfg in configs:
         pre = pretrain_config(cfg)
@@ -103,8 +98,6 @@ def _run_seconds(metrics: dict) -> float:
 
 def finished_seconds(profile: Profile, results: Path) -> dict[str, list[float]]:
     """Training + evaluation seconds of each finished grid run in ``results``, by label."""
-    from .runner import run_name
-
     out, seconds = runs_dir(results, profile), {}
     for label, cfg in grid(profile):
         path = out / run_name(cfg)
@@ -155,8 +148,6 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
     name, ``done`` / ``pending`` / ``resumable`` when a mid-run checkpoint exists), and a line
     estimating the pending runs' cost from the finished runs of the same configuration
     (training + evaluation seconds, mean over their seeds)."""
-    from .runner import checkpoint_dir, run_name
-
     out = runs_dir(results, profile)
     rows, seconds = [], finished_seconds(profile, results)
     for label, cfg in grid(profile):

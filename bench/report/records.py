@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..attached import profile_record, summary_scalars
 from ..config import SUITE_VERSION
+from ..identity import run_name
 from ..results import damage, read_json
 from ..suite import Profile, grid, group_of, runs_dir
 
@@ -33,8 +34,6 @@ def load_run(path: Path) -> tuple[dict, dict, pd.DataFrame | None, dict]:
 
 def summarize(profile: Profile, results: Path) -> pd.DataFrame:
     """One row per grid point: identity, status, every scalar metric and its SE, timings."""
-    from ..runner import run_name
-
     rows = []
     for label, cfg in grid(profile):
         path = runs_dir(results, profile) / run_name(cfg)
