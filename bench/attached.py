@@ -231,7 +231,8 @@ def summary_scalars(record: dict, nll_is: float | None) -> dict:
 
 def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int]:
     """The finished runs of a profile whose eval config asks for an AIS record they lack
-    ((label, run directory) in grid order), and how many of the grid ask for one."""
+    ((label, run directory) in grid order; those without ``model.pt`` are trained again first),
+    and how many of the grid ask for one."""
     from .profile import grid
     from .results import finished, read_json
     from .suite import runs_dir
@@ -251,14 +252,23 @@ def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int
 
 def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
     """After the grid: the AIS record of every finished run that lacks the one its profile asks
-    for, one run at a time (each written when done, so an interrupted pass resumes). A run whose
-    latent AIS cannot anneal (categorical) is named and skipped; counts of what was done."""
+    for, one run at a time (each written when done, so an interrupted pass resumes). A run
+    without weights (a committed record) is trained again first (``runner.rebuild_weights``: its
+    weights are kept only if its metrics equal the record's). A run whose latent AIS cannot
+    anneal (categorical) is named and recorded as such; counts of what was done."""
     from .profile import grid
+    from .runner import rebuild_weights
+
     todo, _ = pending_records(profile, results)
     configs = {run_name(cfg): cfg for _, cfg in grid(profile)}
     counts = {}
     for label, path in todo:
         ev = configs[path.name].eval  # the profile's settings, not the record's config.json
+        if not (path / "model.pt").is_file():  # records are committed without their weights
+            print(f"vae-bench: {label}: no weights for AIS; training {path.name} again (its "
+                  "weights are kept only if its metrics equal the record's)", file=sys.stderr)
+            rebuild_weights(configs[path.name], path, data_dir)
+            counts["weights rebuilt"] = counts.get("weights rebuilt", 0) + 1
         try:
             evaluate_ais(path, data_dir, steps=ev.ais_steps, chains=ev.ais_chains,
                          leapfrog=ev.ais_leapfrog, start=ev.ais_start, points=ev.ais_points,

@@ -95,8 +95,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
         print(line)
         todo, asked = pending_records(profile, Path(args.results))
         if asked:
-            print(f"AIS (eval.ais_points): {len(todo)} finished runs lack their record; runs "
-                  "still to train get theirs after the grid")
+            bare = sum(not (p / "model.pt").is_file() for _, p in todo)
+            print(f"AIS (eval.ais_points): {len(todo)} finished runs lack their record"
+                  + (f" ({bare} without weights: trained again first)" if bare else "")
+                  + "; runs still to train get theirs after the grid")
         return 0
     counts = {} if args.ais_only else run_suite(
         profile, Path(args.results), args.jobs, args.data_dir, backend=args.backend,

@@ -241,6 +241,16 @@ def test_suite_attaches_ais_after_the_grid_and_the_report_reads_it(tmp_path, cap
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert counts.get("ok", 0) == 0 and counts["ais done"] == 4
     assert len(list(results.glob("tiny/runs/*/ais-T5-C2-L10-encoder-N8-s0.json"))) == 4
+    # a record without its weights (as committed): trained again, its metrics checked, then AIS
+    bare = records[0].parent
+    (bare / "model.pt").unlink()
+    metrics_before = (bare / "metrics.json").read_bytes()
+    profile.write_text(TINY_PROFILE.replace('"eval.ais_points" = 12', '"eval.ais_points" = 6'))
+    assert main(["suite", "--profile", str(profile), "--results", str(results)]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["weights rebuilt"] == 1 and counts["ais done"] == 4
+    assert (bare / "metrics.json").read_bytes() == metrics_before
+    assert (bare / "model.pt").is_file() and (bare / "ais-T5-C2-L10-encoder-N6-s0.json").is_file()
     assert main(["report", "--profile", str(profile), "--results", str(results), "--reports",
                  str(reports)]) == 0
     text = (reports / "tiny.md").read_text()
