@@ -57,12 +57,16 @@ def _verdict(mean: float, half: float) -> str:
     return "n.s."
 
 
-def conclusions_table(summary: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, list[str]]:
+def conclusions_table(summary: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, dict]:
     """Per configuration, the paired ΔNLL against ``reference`` [95 % t interval] read with IS
-    on the whole split, AIS on the subset, and IS corrected by each run's own gap, the verdict of
-    each (lower / higher / n.s.); and the configurations whose verdict changes."""
+    on the whole split, AIS on the subset, and IS corrected by each run's own gap, with the
+    verdict of each (lower / higher / n.s.); and the configurations whose verdict moves, sorted
+    by how: ``changed`` (the corrected IS verdict differs from the IS one: the estimator's bias
+    decided it), ``reversed`` (AIS and IS both exclude 0, with opposite signs), ``unresolved``
+    (AIS on the subset alone cannot tell, where the whole split's IS and its corrected form
+    agree: a subset too small for that difference, not a bias)."""
     diffs = paired_differences(summary, reference, READINGS)
-    rows, changed = [], []
+    rows, moved = [], {"changed": [], "reversed": [], "unresolved": []}
     for name, rec in diffs.items():
         row = {"configuration": name}
         verdicts = {}
@@ -72,11 +76,28 @@ def conclusions_table(summary: pd.DataFrame, reference: str) -> tuple[pd.DataFra
             row[f"ΔNLL {title}"] = "n/a" if np.isnan(mean) else (
                 f"{mean:+.2f}" if np.isnan(half) else
                 f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] {verdicts[title]}")
-        known = {v for v in verdicts.values() if v != "n/a"}
-        if len(known) > 1:
-            changed.append(f"{name} ({', '.join(f'{t}: {v}' for t, v in verdicts.items())})")
         rows.append(row)
-    return pd.DataFrame(rows), changed
+        v_is, v_ais, v_cor = verdicts["IS"], verdicts["AIS"], verdicts["IS − gap"]
+        text = f"{name} ({', '.join(f'{t}: {v}' for t, v in verdicts.items())})"
+        if "n/a" in (v_is, v_cor):
+            continue
+        if v_cor != v_is:
+            moved["changed"].append(text)
+        elif {v_is, v_ais} == {"lower", "higher"}:
+            moved["reversed"].append(text)
+        elif v_ais not in (v_is, "n/a"):
+            moved["unresolved"].append(name)
+    return pd.DataFrame(rows), moved
+
+
+def _moved_text(moved: dict) -> str:
+    names = {"changed": "the conclusion changes once the IS NLL is corrected by each run's own "
+                        "gap",
+             "reversed": "AIS reverses the IS conclusion",
+             "unresolved": "AIS on the subset alone cannot resolve the difference (the whole "
+                           "split's IS and its corrected form agree)"}
+    parts = [f"{names[k]}: {'; '.join(v)}" for k, v in moved.items() if v]
+    return ". ".join(parts) if parts else "none"
 
 
 def estimator_section(summary: pd.DataFrame, baseline: str, settings: str) -> list[str]:
@@ -99,12 +120,12 @@ def estimator_section(summary: pd.DataFrame, baseline: str, settings: str) -> li
         lines += ([f"### {g}", ""] if g else []) + [markdown(table), ""]
         if not baseline:
             continue
-        paired, changed = conclusions_table(sub, baseline)
+        paired, moved = conclusions_table(sub, baseline)
         if paired.empty:
             continue
         lines += [f"Paired with `{baseline}`{' in ' + g if g else ''} over the seeds both have "
                   "(95 % t interval; lower = better NLL than the baseline, n.s. = the interval "
                   "contains 0):", "", markdown(paired), "",
                   "**Conclusions that change with the estimator** (generated): "
-                  + ("; ".join(changed) if changed else "none") + ".", ""]
+                  + _moved_text(moved) + ".", ""]
     return lines
