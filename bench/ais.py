@@ -224,13 +224,13 @@ def _stage_of(t: int, steps: int, stages: int) -> int:
     return min(stages - 1, (t - 1) * stages // max(steps - 1, 1))
 
 
-def _anneal(block: _Block, z0: Tensor, betas: Tensor, eps_of: Callable[[int], Tensor],
-            settings: AISSettings, gen: torch.Generator, adapt: Tensor | None = None,
+def _anneal(block: _Block, z0: Tensor, betas: Tensor, log_eps: Tensor, settings: AISSettings,
+            gen: torch.Generator, adapt: bool = False,
             reverse: bool = False) -> tuple[Tensor, Tensor]:
     """Run the chains from z0 through ``betas`` (forward: b_0 -> b_T; ``reverse``: b_T -> b_0)
     and return the log-weights (C, B) in float64 and the mean acceptance per point (B,).
-    ``adapt`` (the pilot): a (stages, B) tensor of log step sizes, updated in place toward the
-    target acceptance as the pilot goes, and recorded per stage."""
+    ``log_eps`` (stages, B): the log step sizes per stage and point; with ``adapt`` (the pilot)
+    updated in place toward the target acceptance as the chains go."""
     steps = len(betas) - 1
     state = _State(block, z0)
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
@@ -245,17 +245,15 @@ def _anneal(block: _Block, z0: Tensor, betas: Tensor, eps_of: Callable[[int], Te
             break
         beta = float(betas[t] if not reverse else betas[t - 1])
         stage = _stage_of(t if not reverse else t - 1, steps, settings.stages)
-        eps = eps_of(stage)
-        state, acc = _hmc(state, beta, eps, settings.leapfrog, gen)
+        state, acc = _hmc(state, beta, log_eps[stage].exp(), settings.leapfrog, gen)
         rate = acc.double().mean(0)
         accepted += rate
         moves += 1
-        if adapt is not None:  # the pilot only: a Robbins-Monro step on log eps
-            log_eps = adapt[stage] + (rate - settings.target_accept)
+        if adapt:  # the pilot only: a Robbins-Monro step on log eps
             lo, hi = STEP_BOUNDS
-            adapt[stage] = log_eps.clamp(math.log(lo), math.log(hi)).to(adapt.dtype)
-            for later in range(stage + 1, settings.stages):  # later stages start from here
-                adapt[later] = adapt[stage]
+            log_eps[stage] = (log_eps[stage] + (rate - settings.target_accept)).clamp(
+                math.log(lo), math.log(hi)).to(log_eps.dtype)
+            log_eps[stage + 1:] = log_eps[stage]  # later stages start from here
     return log_w, accepted / max(moves, 1)
 
 
@@ -268,13 +266,8 @@ def tune_steps(block: _Block, settings: AISSettings, gen: torch.Generator) -> Te
                          device=block.scale.device)
     pilot = AISSettings(**{**asdict(settings), "steps": settings.pilot})
     z0 = block.initial(settings.chains, gen)
-    _anneal(block, z0, sigmoid_schedule(pilot.steps), lambda s: log_eps[s].exp(), pilot, gen,
-            adapt=log_eps)
+    _anneal(block, z0, sigmoid_schedule(pilot.steps), log_eps, pilot, gen, adapt=True)
     return log_eps
-
-
-def _frozen(log_eps: Tensor) -> Callable[[int], Tensor]:
-    return lambda stage: log_eps[stage].exp()
 
 
 def ais_points(model, x: Tensor, settings: AISSettings, seed: int,
@@ -297,8 +290,7 @@ def ais_points(model, x: Tensor, settings: AISSettings, seed: int,
             if settings.steps > 1 else torch.zeros(settings.stages, len(xb), dtype=torch.float64)
         gen = generator(seed, stream, block_index, device=x.device)
         z0 = block.initial(settings.chains, gen)
-        log_w, accept = _anneal(block, z0, betas, _frozen(log_eps),
-                                settings, gen)
+        log_w, accept = _anneal(block, z0, betas, log_eps, settings, gen)
         out["log_px"].append(torch.logsumexp(log_w, 0) - math.log(settings.chains))
         out["log_w"].append(log_w)
         out["accept"].append(accept)
@@ -354,8 +346,7 @@ def bdmc(model, n: int, settings: AISSettings, seed: int) -> dict[str, Tensor]:
         log_eps = lower["step"][:, i:i + AIS_BLOCK].log()
         gen = generator(seed, "bdmc-reverse", block_index, device=x.device)
         z0 = zb.unsqueeze(0).expand(settings.chains, *zb.shape).clone()
-        log_w, acc = _anneal(block, z0, betas, _frozen(log_eps),
-                             settings, gen, reverse=True)
+        log_w, acc = _anneal(block, z0, betas, log_eps, settings, gen, reverse=True)
         # E exp(log_w) = 1 / p(x): -logmeanexp is a stochastic upper bound on log p(x)
         upper.append(-(torch.logsumexp(log_w, 0) - math.log(settings.chains)))
         accept.append(acc)
