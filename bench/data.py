@@ -1,4 +1,4 @@
-"""Datasets, their offline sources, checksums and the binarization protocol (DESIGN.md section 4).
+"""Datasets, their offline sources, checksums and the binarization protocol (docs/design.md, section 4).
 
 Every real array is verified against the sha256 of its decoded uint8 bytes (C order), whatever the
 source. A source that is present but wrong (bad magic number, truncated, digest mismatch) is an

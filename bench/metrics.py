@@ -1,4 +1,4 @@
-"""Evaluation metrics: pure functions of a trained model and a test split (DESIGN.md section 3).
+"""Evaluation metrics: pure functions of a trained model and a test split (docs/design.md, section 3).
 
 Everything is per data point, in nats. A metric never asks which variant made the model: it gets
 what it needs from the posterior object (``variants.latents``) and from the model's likelihood.
@@ -176,7 +176,7 @@ def active_units(q, gen: torch.Generator | None = None) -> dict[str, float]:
     counted at Burda's delta = 0.01 and at the strict 0.1 (``ACTIVE_THRESHOLD_STRICT``).
 
     For a Gaussian unit the statistic is E_q[z_u|x]; for a categorical variable the vector of its
-    class probabilities (DESIGN.md section 3). Unbiased variance over the whole split. With
+    class probabilities (docs/design.md, section 3). Unbiased variance over the whole split. With
     stochastic layers (``q.layer_units``), also the counts per layer, bottom first, as Burda et
     al. report them ("layer 1 + layer 2"); ``gen`` serves statistics estimated by sampling.
     """

@@ -1,4 +1,4 @@
-"""One seed -> named, independent random streams (DESIGN.md section 2, item 5).
+"""One seed -> named, independent random streams (docs/design.md, section 2, item 5).
 
 A variant that draws more or fewer random numbers (IWAE's k samples, Gumbel noise) can therefore
 never change the data order, the binarization or the initialization of another variant's run.

@@ -1,6 +1,6 @@
 """The Variant protocol: hooks with neutral defaults; the loss is assembled once, here.
 
-A variant changes one thing by overriding one hook (DESIGN.md section 2, items 1 and 3):
+A variant changes one thing by overriding one hook (docs/design.md, section 2, items 1 and 3):
 
 - ``latent(dim)``: the latent family (default: diagonal Gaussian, N(0, I) prior);
 - ``train_samples()``: samples of z per data point in a training step (default 1);

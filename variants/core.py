@@ -113,7 +113,7 @@ class VAE(nn.Module):
 
     ``likelihood='bernoulli'``: the decoder outputs logits. ``'gaussian'``: it outputs the mean,
     and a single learned log-variance is shared by all pixels (the linear-Gaussian model of
-    DESIGN.md section 3 when the decoder has no hidden layer).
+    docs/design.md, section 3, when the decoder has no hidden layer).
     """
 
     def __init__(self, input_dim: int, latent, hidden: Sequence[int] = (200, 200),
@@ -199,7 +199,7 @@ class VAE(nn.Module):
         - no latent at all (dimension 0): log p(x) is the decoder's own, exact;
         - a latent with a small finite support: log p(x) = logsumexp_z [log p(x|z) + log p(z)];
         - a Gaussian latent with a linear Gaussian decoder, x = W z + b + eps:
-          p(x) = N(x; b, W W^T + sigma^2 I) (DESIGN.md section 3).
+          p(x) = N(x; b, W W^T + sigma^2 I) (docs/design.md, section 3).
         """
         if self.latent.dim == 0:  # no latent: p(x) = p(x | the empty z)
             return self.log_likelihood(x, x.new_zeros(1, len(x), 0))[0].double()

@@ -9,7 +9,7 @@ Training samples are relaxed one-hot vectors at temperature
 The KL term is the *analytic* KL between the categorical posterior and the uniform prior, not a
 Monte-Carlo estimate on the relaxed sample (Jang et al. section 3.1 also use the categorical KL).
 Evaluation uses discrete one-hot samples, so the reported ELBO and IS log-likelihood are those of
-the discrete model (DESIGN.md section 3).
+the discrete model (docs/design.md, section 3).
 
 Reference code vs the shared protocol: the temperature schedule above is theirs; their optimizer
 settings are not adopted, the shared protocol (Adam, clip 5, ``train.*``) applies.
