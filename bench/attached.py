@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 from variants.latents import GaussianLatent
 
 from . import ais as ais_mod
 from . import numerics
-from .identity import run_name
 from .metrics import encode, mean_se, nll_is_points
 from .seeding import generator
 
@@ -238,11 +237,12 @@ def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int
     from .suite import runs_dir
 
     out, asked = [], 0
-    for label, cfg in grid(profile):
+    for label, run in grid(profile):
+        cfg = run.config
         if not cfg.eval.ais_points:
             continue
         asked += 1
-        path = runs_dir(results, profile) / run_name(cfg)
+        path = runs_dir(results, profile) / run.name
         if not finished(path) or read_json(path / "metrics.json").get("status") != "ok":
             continue
         if profile_record(path, cfg) is None:
@@ -260,14 +260,14 @@ def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
     from .runner import rebuild_weights
 
     todo, _ = pending_records(profile, results)
-    configs = {run_name(cfg): cfg for _, cfg in grid(profile)}
+    runs = {run.name: run for _, run in grid(profile)}
     counts = {}
     for label, path in todo:
-        ev = configs[path.name].eval  # the profile's settings, not the record's config.json
+        ev = runs[path.name].config.eval  # the profile's settings, not the record's config.json
         if not (path / "model.pt").is_file():  # records are committed without their weights
             print(f"vae-bench: {label}: no weights for AIS; training {path.name} again (its "
                   "weights are kept only if its metrics equal the record's)", file=sys.stderr)
-            rebuild_weights(configs[path.name], path, data_dir)
+            rebuild_weights(runs[path.name], path, data_dir)
             counts["weights rebuilt"] = counts.get("weights rebuilt", 0) + 1
         try:
             evaluate_ais(path, data_dir, steps=ev.ais_steps, chains=ev.ais_chains,

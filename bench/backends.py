@@ -10,9 +10,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 from .config import RunConfig, to_dict
+from .identity import ResolvedRun, resolve_run
 from .results import TRANSIENT, environment, read_json, write_run
 
 
@@ -22,24 +23,26 @@ def transient(error: BaseException) -> bool:
         any(t in f"{type(error).__name__}: {error}" for t in TRANSIENT)
 
 
-def run_one(cfg: RunConfig, out: Path | str, data_dir: str | None, threads: int) -> str:
-    """Run one grid point. A failure of the model or its config becomes a record with status
-    'failed' and its error; a failure of the machine (``transient``) is reported on stderr in
-    one line and not recorded, so the next resume trains the run again."""
+def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
+            threads: int) -> str:
+    """Run one grid point (a resolved run in this process; its resolved config in a worker,
+    which resolves it once there). A failure of the model or its config becomes a record with
+    status 'failed' and its error; a failure of the machine (``transient``) is reported on
+    stderr in one line and not recorded, so the next resume trains the run again."""
     import torch
 
     from .allocator import tune
-    from .identity import run_name
     from .runner import execute
 
     tune()  # in every worker process, whatever the backend
-    out = Path(out)
+    out, run = Path(out), resolve_run(run)
+    cfg = run.config
     if threads and cfg.numerics != "portable":  # portable numerics fix their own thread count
         torch.set_num_threads(threads)
     try:
-        return read_json(execute(cfg, out, data_dir) / "metrics.json")["status"]
+        return read_json(execute(run, out, data_dir) / "metrics.json")["status"]
     except Exception as e:  # recorded, and the grid goes on
-        target = out / run_name(cfg)
+        target = out / run.name
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
         if transient(e):
             print(f"vae-bench: {target.name} not recorded, retried on resume: {error}",
@@ -107,11 +110,12 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.append(_TRACKER_LEAK)
 
 
-def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int):
-    """The embedded default: in this process for one job, else a process pool."""
+def _local(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int):
+    """The embedded default: in this process for one job, else a process pool (a worker gets a
+    run's resolved config and resolves it once, in its own process)."""
     if jobs == 1:
-        for cfg in configs:
-            yield run_one(cfg, out, data_dir, 0)
+        for run in runs:
+            yield run_one(run, out, data_dir, 0)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     _quiet_resource_tracker()
@@ -119,7 +123,7 @@ def _local(configs: list[RunConfig], out: Path, data_dir: str | None, jobs: int)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        futures = [pool.submit(run_one, cfg, out, data_dir, threads) for cfg in configs]
+        futures = [pool.submit(run_one, run.config, out, data_dir, threads) for run in runs]
         for fut in as_completed(futures):
             yield fut.result()
     except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after runs
@@ -164,10 +168,11 @@ def _ray_task(cfg: RunConfig, out: str, data_dir: str | None, threads: int) -> s
     return run_one(cfg, out, data_dir, threads)
 
 
-def _ray(configs: list[RunConfig], out: Path, data_dir: str | None, address: str | None):
+def _ray(runs: list[ResolvedRun], out: Path, data_dir: str | None, address: str | None):
     """One Ray task per run (``cpus_for`` CPUs, 1 GPU for cuda runs), retried when a worker dies.
     Every task writes its own record under ``out``, which must be on storage the workers share;
     the driver only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    configs = [run.config for run in runs]  # each task resolves its run once, on its node
     check_ray_address(address)
     _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
     try:

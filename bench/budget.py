@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 #: (sample, point) rows the evaluator's decoder holds at once (``EVAL_TILE_ROWS``)
 EVAL_ROWS = 1024

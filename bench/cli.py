@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 DEFAULT_RUNS = Path("results/runs")
 
@@ -35,7 +35,8 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import RunConfig, apply_overrides, merge_overrides, resolve
+    from .config import RunConfig, apply_overrides, merge_overrides
+    from .identity import resolve_run
     from .runner import execute
 
     pairs = [("variant", args.variant), ("dataset", args.dataset), ("seed", args.seed)]
@@ -47,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.deterministic:
         pairs.append(("deterministic", True))
     pairs += list(args.set or [])
-    cfg = resolve(apply_overrides(RunConfig(), merge_overrides(pairs)))
-    run_dir = execute(cfg, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
+    run = resolve_run(apply_overrides(RunConfig(), merge_overrides(pairs)))  # once, checked
+    run_dir = execute(run, Path(args.out), args.data_dir, progress=sys.stderr.isatty())
     print(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("status") != "ok":  # recorded, but not a trained model: say so
@@ -173,7 +174,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    from .runner import check_device
+    from .model import check_device
     from .throughput import format_table, run_all
 
     check_device(args.device)

@@ -9,15 +9,14 @@ unambiguous (``epochs=5``), or a hyperparameter of the variant (``beta=4``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from variants import create as create_variant
-from variants.base import ConfigError, Param
+from variants.base import Param
 from variants.decoders import check_options
+from variants.errors import ConfigError
 
 SUITE_VERSION = "6"  # bump when numbers legitimately change (estimator, protocol, defaults)
 
@@ -216,7 +215,7 @@ def merge_overrides(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     setting, in one spelling or two (``epochs`` and ``train.epochs``, ``--epochs`` and
     ``--set train.epochs``): which one should win is not guessed."""
     variant = next((str(v) for k, v in reversed(pairs) if k == "variant"), RunConfig().variant)
-    vparams = _variant_params(variant)
+    vparams = variant_params(variant)
     seen: dict[tuple[str | None, str], str] = {}
     for key, _ in pairs:
         where = _locate(key, vparams)
@@ -232,7 +231,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     if "variant" in overrides:
         cfg = dataclasses.replace(cfg, variant=_parse(RunConfig, "variant", "variant",
                                                       overrides["variant"]))
-    vparams = _variant_params(cfg.variant)
+    vparams = variant_params(cfg.variant)
     for key, value in overrides.items():
         section, name = _locate(key, vparams)
         if section == "hparams":
@@ -249,14 +248,21 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def _variant_params(name: str) -> dict[str, Param]:
+def variant_params(name: str) -> dict[str, Param]:
     from variants import resolve
 
     return resolve(name).params
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill dataset-dependent defaults and the variant's full hyperparameters (validated)."""
+    """Fill dataset-dependent defaults and the variant's full hyperparameters (validated). A run
+    is resolved once, with its variant, by ``bench.identity.resolve_run``; this is its config."""
+    return validate(cfg)[0]
+
+
+def validate(cfg: RunConfig):
+    """(the resolved config, the variant object built from it): every check a run's config
+    passes before anything trains, done once per run (``bench.identity.resolve_run``)."""
     from . import datasets
 
     datasets.check(cfg.dataset)
@@ -318,27 +324,7 @@ def resolve(cfg: RunConfig) -> RunConfig:
     check_memory(dataclasses.replace(cfg, model=model, train=train), variant,
                  math.prod(shape), image)
     variant.check_protocol(train)
-    return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp))
-
-
-def pretrain_config(cfg: RunConfig) -> RunConfig | None:
-    """The run whose decoder a lagging run starts from (None for a run from scratch): the
-    decoder-only variant on the same seed, data and decoder config, trained for
-    ``train.decoder_pretrain_epochs`` epochs. What a decoder-only model does not use (encoder
-    widths, latent size) is set to its default, so every lagging run of the same decoder shares
-    one pretrained run; so is ``train.monitor``: a model without a latent has no KL, so its
-    validation loss is its validation -ELBO and either monitor stops it at the same epoch."""
-    n = cfg.train.decoder_pretrain_epochs
-    if not n:
-        return None
-    default = ModelConfig()
-    model = dataclasses.replace(cfg.model, hidden=default.hidden, latent_dim=default.latent_dim,
-                                latent2_dim=default.latent2_dim,
-                                latent2_hidden=default.latent2_hidden)
-    train = dataclasses.replace(cfg.train, epochs=n, decoder_pretrain_epochs=0,
-                                monitor=TrainConfig().monitor)
-    return resolve(dataclasses.replace(cfg, variant="decoder-only", hparams={}, model=model,
-                                       train=train))
+    return dataclasses.replace(cfg, model=model, train=train, hparams=dict(variant.hp)), variant
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -355,46 +341,3 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
     d = {**d, "train": {"clip": 0.0, **d["train"]}}  # and without a clip
     return RunConfig(**top, model=model, train=TrainConfig(**d["train"]),
                      eval=EvalConfig(**d["eval"]))
-
-
-#: fields added after runs were recorded: part of a run's identity only when not at the default
-HASHED_ONLY_WHEN_SET = (
-    *(("train", k) for k in ("compile", "train_points", "lr_schedule", "adam_beta1", "adam_beta2",
-                             "adam_eps", "stop_patience", "lr_decay_patience", "lr_decay",
-                             "max_decays", "monitor", "protocol_from")),
-    *(("model", k) for k in ("init", "latent2_dim", "latent2_hidden", "posterior_scale",
-                             "obs_var")))
-#: fields that never change a run's numbers: never part of its id
-NOT_HASHED = (("train", "checkpoint_every"), *(("eval", f.name) for f in dataclasses.fields(
-    EvalConfig) if f.name.startswith(("ais_", "bdmc_"))))  # attached evaluations (bench.attached)
-
-
-def variant_source(name: str) -> dict | None:
-    from variants import source
-
-    return source(name)
-
-
-def run_id(cfg: RunConfig) -> str:
-    """Hash of the resolved config (and the suite version): the identity of a run."""
-    d = to_dict(cfg)
-    for section, key in HASHED_ONLY_WHEN_SET:  # added later: existing run ids stay valid
-        if d[section][key] == getattr(getattr(RunConfig(), section), key):
-            del d[section][key]
-    for section, key in NOT_HASHED:
-        del d[section][key]
-    for key, param in _variant_params(cfg.variant).items():  # the same for variant parameters
-        if param.late and d["hparams"].get(key) == param.default:
-            del d["hparams"][key]
-    from .datasets import digest
-
-    if digest(cfg.dataset):  # a dataset file: its contents are part of the run's identity
-        d["dataset_sha256"] = digest(cfg.dataset)
-    outside = variant_source(cfg.variant)
-    if outside:  # a variant from outside the package: its source is part of the run's identity
-        d["variant_sha256"] = outside["sha256"]
-    pre = pretrain_config(cfg)
-    if pre is not None:  # the pretrained decoder's identity is part of this run's
-        d["decoder_pretrain_run"] = run_id(pre)
-    blob = json.dumps({"suite_version": SUITE_VERSION, **d}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]

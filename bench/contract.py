@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from variants import Variant, create, resolve
-from variants.base import ConfigError
+from variants.errors import ConfigError
 from variants.factory import build_vae
 
 from .config import RunConfig, apply_overrides

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 TEST_BINARIZATION_SEED = 20151006  # fixed, independent of every run seed
 SPLIT_SEED = 0  # the fixed train/test split of datasets that ship without one

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 from . import data, datafile
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import NOT_HASHED, SECTIONS, RunConfig
+from .config import SECTIONS, RunConfig
+from .identity import NOT_HASHED
 
 _TITLES = {None: "Top level", "model": "`model.*`: the model",
            "train": "`train.*`: training and the convergence protocol",

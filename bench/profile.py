@@ -1,4 +1,4 @@
-"""Profiles and their grid: configurations x seeds, every point a resolved config.
+"""Profiles and their grid: configurations x seeds, every point a resolved run.
 
 A profile (``bench/profiles/NAME.toml``) is a few overrides of ``default.toml``: ``[profile]``
 (description, seeds, budget), ``[defaults]`` (config overrides for every run) and ``[[config]]``
@@ -19,9 +19,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
-from .config import RunConfig, apply_overrides, resolve
+from .config import RunConfig, apply_overrides
+from .identity import ResolvedRun, resolve_run
 
 PROFILES = Path(__file__).parent / "profiles"
 
@@ -189,8 +190,9 @@ def with_variants(profile: Profile, specs: list[str]) -> Profile:
                                reuse=(profile.name, *profile.reuse))
 
 
-def grid(profile: Profile) -> list[tuple[str, RunConfig]]:
-    """(label, resolved config) for every [group x] configuration x seed, validated up front."""
+def grid(profile: Profile) -> list[tuple[str, ResolvedRun]]:
+    """(label, resolved run) for every [group x] configuration x seed, each validated and built
+    once, up front (``bench.identity.resolve_run``)."""
     out = []
     for group in profile.groups or ({},):
         over = {k: v for k, v in group.items() if k != "name"}
@@ -201,11 +203,11 @@ def grid(profile: Profile) -> list[tuple[str, RunConfig]]:
                 overrides = {**profile.defaults, **over, "variant": entry["variant"],
                              "seed": seed, **hp}
                 try:
-                    cfg = resolve(apply_overrides(RunConfig(), overrides))
+                    run = resolve_run(apply_overrides(RunConfig(), overrides))
                 except ConfigError as e:
                     raise ConfigError(f"profile {profile.name!r}, config {label!r}: {e}") \
                         from None
-                out.append((label, cfg))
+                out.append((label, run))
     for what, names in (("config labels", [c["label"] for c in profile.configs]),
                         ("group names", [g["name"] for g in profile.groups])):
         if len(set(names)) != len(names):

@@ -1,5 +1,9 @@
-"""One run, end to end: config -> seed streams -> data -> model + variant -> fit -> evaluate ->
-run directory. The runner knows the Variant protocol and never a concrete variant."""
+"""One run, end to end, as named stages: ``execute`` resolves the run once (``bench.identity``)
+and gets its ``dependencies`` (the pretrained decoder a lagging run starts from), then
+``prepare`` (data, numerics, the model and a copy of the variant, the validation hooks, the
+environment) -> ``train`` (``bench.train.fit``) -> ``evaluate_trained`` -> ``record`` (the run
+directory). None of them calls another run's ``execute``. The runner knows the Variant protocol
+and never a concrete variant."""
 
 from __future__ import annotations
 
@@ -10,31 +14,21 @@ import os
 import re
 import shutil
 import time
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from variants import create as create_variant
-from variants.base import ConfigError
+from variants.base import Variant
 from variants.core import VAE
-from variants.factory import build_vae
+from variants.errors import ConfigError
 
 from . import data as data_mod
 from . import datasets, numerics
 from .checkpoints import Checkpoints
-from .config import (
-    SUITE_VERSION,
-    RunConfig,
-    from_dict,
-    pretrain_config,
-    resolve,
-    run_id,
-    to_dict,
-    variant_source,
-)
-from .convergence import Convergence
-from .identity import checkpoint_dir, run_name
+from .config import SUITE_VERSION, RunConfig, from_dict, to_dict
+from .identity import ResolvedRun, checkpoint_dir, resolve_run, variant_source
 from .metrics import (
     active_directions,
     encode,
@@ -45,6 +39,7 @@ from .metrics import (
     validation_loss,
     validation_minibatch_mi,
 )
+from .model import build_model, check_device
 from .results import (
     damage,
     ensure_writable,
@@ -57,106 +52,68 @@ from .results import (
     write_run,
 )
 from .seeding import Streams, derive, set_deterministic
-from .train import fit
-
-
-def check_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available here; allowed: cpu")
-    return torch.device(device)
-
-
-def decoder_options(cfg: RunConfig, dataset: data_mod.Dataset) -> dict:
-    """The keyword arguments of the decoder family that ``cfg.model.decoder`` names."""
-    m = cfg.model
-    if m.decoder == "made":
-        return {"window": m.window, "direct": m.direct, "z_output": m.z_output}
-    if m.decoder == "pixelcnn":
-        if dataset.image_shape is None:
-            raise ConfigError(f"model.decoder=pixelcnn needs images; {dataset.name} has none; "
-                              "allowed datasets: digits, mnist, fashion-mnist")
-        return {"image_shape": dataset.image_shape, "layers": m.pixelcnn_layers,
-                "channels": m.pixelcnn_channels, "kernel": m.pixelcnn_kernel,
-                "z_output": m.z_output}
-    return {}
-
-
-def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
-                pretrained_decoder: dict | None = None) -> tuple[VAE, object]:
-    """The model and variant of a resolved config, initialized from the seed's ``init`` stream;
-    with ``pretrained_decoder`` (a decoder-only run's decoder state) the decoder then starts from
-    it, what carries z from zero (``variants.decoders.load_pretrained``)."""
-    variant = create_variant(cfg.variant, **cfg.hparams)
-    m = cfg.model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive(cfg.seed, "init"))
-        scale = {"posterior_scale": m.posterior_scale} if m.posterior_scale != "exp" else {}
-        if m.obs_var:
-            scale["obs_var"] = m.obs_var
-        model = build_vae(variant, dataset.input_dim, m.latent_dim,
-                          latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
-                          hidden=m.hidden, decoder_hidden=m.decoder_hidden,
-                          activation=m.activation, likelihood=dataset.likelihood,
-                          decoder=m.decoder, **scale, **decoder_options(cfg, dataset))
-        if m.init == "glorot":
-            glorot_init(model, dataset)
-    model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
-    if pretrained_decoder is not None:
-        model.decoder.load_pretrained(pretrained_decoder)
-    return model, variant
-
-
-def glorot_init(model: VAE, dataset: data_mod.Dataset) -> None:
-    """Burda et al. 2016's initialization (their code): every linear layer Glorot-uniform
-    (Glorot & Bengio 2010) with zero bias; the decoder's output bias the logit of the training
-    split's mean pixel, clipped to [0.001, 0.999], so the untrained model already predicts the
-    marginal pixel frequencies."""
-    out = getattr(model.decoder, "body", model.decoder)
-    if not isinstance(out, (list, torch.nn.Sequential)) or dataset.likelihood != "bernoulli":
-        raise ConfigError("model.init=glorot is defined for binary pixels and the mlp decoder; "
-                          "allowed: model.init=default otherwise")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.Linear):
-                torch.nn.init.xavier_uniform_(layer.weight)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-        mean = dataset.train.double().mean(0).clamp(0.001, 0.999)
-        out[-1].bias.copy_(torch.log(mean / (1 - mean)))
-
-
-def pretrained_decoder(cfg: RunConfig, out: Path, data_dir: str | None) -> tuple[str, dict] | None:
-    """(run name, decoder state) of the run a lagging config starts from, trained here first if
-    it does not exist yet (under its own lock, so concurrent runs train it once)."""
-    pre = pretrain_config(cfg)
-    if pre is None:
-        return None
-    path = execute(pre, out, data_dir)
-    if not (path / "model.pt").is_file():
-        status = read_json(path / "metrics.json").get("status")
-        if status != "ok":
-            raise ConfigError(f"pretrained decoder run {path.name} has status {status!r}; "
-                              "allowed: a finished run (remove it to retrain)")
-        rebuild_weights(pre, path, data_dir)
-    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    return path.name, {k.removeprefix("decoder."): v for k, v in state.items()
-                       if k.startswith("decoder.")}
-
+from .train import FitResult, fit
 
 #: metrics that measure the machine, not the model: never compared between two trainings
 TIMINGS = ("train_seconds", "train_samples_per_s", "eval_seconds", "diagnostics_seconds")
 
 
-def rebuild_weights(cfg: RunConfig, path: Path, data_dir: str | None) -> None:
+# ---- the stages of one run: execute = dependencies, then prepare -> train -> evaluate -> record
+
+
+def execute(run: ResolvedRun | RunConfig, out: Path, data_dir: str | None = None,
+            progress: bool = False) -> Path:
+    """Train and evaluate one run; return its directory (an existing finished one is reused).
+    ``run``: a resolved run, or a config, resolved here once (``identity.resolve_run``)."""
+    run = resolve_run(run)
+    check_device(run.config.device)
+    ensure_writable(Path(out))
+    target = Path(out) / run.name
+    if finished(target):
+        return target
+    if run.config.numerics != numerics.active():  # the libraries read it as torch loads
+        return numerics.run_in_mode(run.config.numerics, execute, run.config, out, data_dir,
+                                    False)
+    return _train_once(run, target, data_dir, progress, dependencies(run, Path(out), data_dir))
+
+
+def dependencies(run: ResolvedRun, out: Path, data_dir: str | None) -> tuple[str, dict] | None:
+    """(run name, decoder state) of the pretrained decoder a lagging run starts from (None from
+    scratch), trained in ``out`` first if it is not there (under its own lock, so concurrent
+    runs train it once), its weights rebuilt if its record has none. A pretrained decoder is a
+    decoder-only run from scratch: it has no dependency of its own."""
+    pre = run.pretrained
+    if pre is None:
+        return None
+    path = _train_once(pre, out / pre.name, data_dir, False, None)
+    if not (path / "model.pt").is_file():
+        status = read_json(path / "metrics.json").get("status")
+        if status != "ok":
+            raise ConfigError(f"pretrained decoder run {path.name} has status {status!r}; "
+                              "allowed: a finished run (remove it to retrain)")
+        _retrain_beside(pre, path, data_dir, None)
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    return path.name, {k.removeprefix("decoder."): v for k, v in state.items()
+                       if k.startswith("decoder.")}
+
+
+def rebuild_weights(run: ResolvedRun | RunConfig, path: Path, data_dir: str | None) -> None:
     """Weights for a finished record that has none (records are committed without weights, so
-    a fresh clone's pretrained decoders have only their numbers): train the run again beside
-    it, and install its weights only if its metrics are the record's, value for value;
-    otherwise a ConfigError says which metric differs (the record is left as it was)."""
+    a fresh clone has only their numbers): train the run again beside it, from its pretrained
+    decoder in the same results (``dependencies``), and install its weights only if its metrics
+    are the record's, value for value; otherwise a ConfigError says which metric differs (the
+    record is left as it was)."""
+    run = resolve_run(run)
+    _retrain_beside(run, path, data_dir, dependencies(run, path.parent, data_dir))
+
+
+def _retrain_beside(run: ResolvedRun, path: Path, data_dir: str | None,
+                    pre: tuple[str, dict] | None) -> None:
     rebuilt = path.parent / f".{path.name}.rebuild-{os.getpid()}"
     shutil.rmtree(rebuilt, ignore_errors=True)
     try:
-        fresh = read_json(execute(cfg, rebuilt, data_dir) / "metrics.json")
+        fresh = read_json(_train_once(run, rebuilt / path.name, data_dir, False, pre)
+                          / "metrics.json")
         recorded = read_json(path / "metrics.json")
         moved = sorted(k for k in set(fresh) | set(recorded)
                        if k not in TIMINGS and fresh.get(k) != recorded.get(k))
@@ -170,23 +127,22 @@ def rebuild_weights(cfg: RunConfig, path: Path, data_dir: str | None) -> None:
         shutil.rmtree(rebuilt, ignore_errors=True)
 
 
-def execute(cfg: RunConfig, out: Path, data_dir: str | None = None,
-            progress: bool = False) -> Path:
-    """Train and evaluate one run; return its directory (an existing finished one is reused)."""
-    check_device(cfg.device)
-    cfg = resolve(cfg)
-    ensure_writable(Path(out))
-    target = Path(out) / run_name(cfg)
+def _train_once(run: ResolvedRun, target: Path, data_dir: str | None, progress: bool,
+                pre: tuple[str, dict] | None) -> Path:
+    """The run trained into ``target`` unless it is there: under the run's lock (a second
+    suite on the same results waits, then finds it done); a damaged record, or one that
+    failed for a reason of the machine, set aside first."""
+    ensure_writable(target.parent)
     if finished(target):
         return target
-    if cfg.numerics != numerics.active():  # the libraries read their settings as torch loads
-        return numerics.run_in_mode(cfg.numerics, execute, cfg, out, data_dir, False)
-    with run_lock(target):  # a second suite on the same results waits, then finds it done
+    with run_lock(target):
         if finished(target):
             return target
-        if target.exists():  # damaged, or failed for a reason of the machine: aside, again
+        if target.exists():
             set_aside(target, damage(target) or retry_reason(target))
-        return _train_and_record(cfg, target, data_dir, progress)
+        prepared = prepare(run, data_dir, pre, target)
+        result = train(run, prepared, progress)
+        return record(run, prepared, result, evaluate_trained(run, prepared, result), target)
 
 
 def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
@@ -210,73 +166,113 @@ def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
     return dataset
 
 
-def _train_and_record(cfg: RunConfig, target: Path, data_dir: str | None, progress: bool) -> Path:
-    pre = pretrained_decoder(cfg, target.parent, data_dir)
+@dataclass
+class Prepared:
+    """What one training of a run works with, built by ``prepare``."""
+
+    dataset: data_mod.Dataset
+    model: VAE
+    variant: Variant
+    env: dict  # the environment as the run starts: the code that trains is the code checked out
+    pretrained: str | None  # the pretrained decoder run's name
+    checkpoints: Checkpoints | None = None
+    epoch_end: Callable[[int], dict] | None = None  # the validation diagnostics of an epoch
+    minibatch_mi: Callable[[int], float] | None = None  # a procedure's validation MI
+
+
+def prepare(run: ResolvedRun, data_dir: str | None, pre: tuple[str, dict] | None,
+            target: Path | None = None) -> Prepared:
+    """The run's data, its numerics and determinism, its model initialized from the seed (the
+    decoder from ``pre``'s state where it has one), a copy of its variant, the validation hooks,
+    the environment record and (with ``target``) its mid-run checkpoints."""
+    cfg = run.config
     dataset = load_dataset(cfg, data_dir)
     numerics.apply(cfg.numerics)
     deterministic = set_deterministic(cfg.deterministic)
-    model, variant = build_model(cfg, dataset, pre[1] if pre else None)
-    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
-    epoch_end = minibatch_mi = None
-    if dataset.valid is not None:
-        valid = dataset.valid.to(dtype=dtype, device=device)
-        state = {"epoch": 0}
-
-        def epoch_end(epoch: int) -> dict:
-            state["epoch"] = epoch
-            row = validation_diagnostics(model, valid, cfg.eval.seed, epoch)
-            if cfg.train.monitor == "val_loss":  # the objective as it stands at the epoch's end
-                per_epoch = math.ceil(len(dataset.train) / cfg.train.batch_size)
-                row["val_loss"] = validation_loss(
-                    model, variant, valid, cfg.train.batch_size, cfg.eval.seed, epoch,
-                    epoch * per_epoch, cfg.train.epochs * per_epoch)
-            return row
-
-        def minibatch_mi(batch: int) -> float:
-            return validation_minibatch_mi(model, valid, batch, cfg.eval.seed, state["epoch"])
-
-    # the environment as the run starts: the code that trains is the code checked out now
+    model, variant = build_model(cfg, dataset, pre[1] if pre else None, run.fresh_variant())
     env = {**environment(cfg.device, deterministic, dataset.digests),
            **numerics.record(cfg.numerics)}
     outside = variant_source(cfg.variant)
     if outside:
         env["variant_source"] = outside
-    checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every,
-                              identity=target.name)
-    # what draws from torch's global generator in training (dropout) draws from the seed's own
+    prepared = Prepared(dataset, model, variant, env, pre[0] if pre else None)
+    if dataset.valid is not None:
+        prepared.epoch_end, prepared.minibatch_mi = _validation_hooks(cfg, prepared)
+    if target is not None:
+        prepared.checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every,
+                                           identity=target.name)
+    return prepared
+
+
+def _validation_hooks(cfg: RunConfig, p: Prepared):
+    model, variant, dataset = p.model, p.variant, p.dataset
+    valid = dataset.valid.to(dtype=getattr(torch, cfg.dtype), device=torch.device(cfg.device))
+    state = {"epoch": 0}
+
+    def epoch_end(epoch: int) -> dict:
+        state["epoch"] = epoch
+        row = validation_diagnostics(model, valid, cfg.eval.seed, epoch)
+        if cfg.train.monitor == "val_loss":  # the objective as it stands at the epoch's end
+            per_epoch = math.ceil(len(dataset.train) / cfg.train.batch_size)
+            row["val_loss"] = validation_loss(
+                model, variant, valid, cfg.train.batch_size, cfg.eval.seed, epoch,
+                epoch * per_epoch, cfg.train.epochs * per_epoch)
+        return row
+
+    def minibatch_mi(batch: int) -> float:
+        return validation_minibatch_mi(model, valid, batch, cfg.eval.seed, state["epoch"])
+
+    return epoch_end, minibatch_mi
+
+
+def train(run: ResolvedRun, p: Prepared, progress: bool = False) -> FitResult:
+    """``fit`` with the run's train config; what draws from torch's global generator in
+    training (dropout) draws from the seed's own ``global`` stream."""
+    cfg = run.config
+    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(derive(cfg.seed, "global"))
-        result = fit(model, variant, dataset.train.to(dtype=dtype, device=device),
-                     epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                     streams=Streams.from_seed(cfg.seed, device),
-                     dynamic_binarization=dataset.likelihood == "bernoulli", progress=progress,
-                     compile=cfg.train.compile, epoch_end=epoch_end,
-                     lr_schedule=cfg.train.lr_schedule, checkpoints=checkpoints,
-                     clip=cfg.train.clip, minibatch_mi=minibatch_mi,
-                     adam={"betas": (cfg.train.adam_beta1, cfg.train.adam_beta2),
-                           "eps": cfg.train.adam_eps},
-                     convergence=Convergence.from_config(cfg.train))
-    metrics = {"run_id": run_id(cfg), "suite_version": SUITE_VERSION, "status": result.status,
+        return fit(p.model, p.variant, p.dataset.train.to(dtype=dtype, device=device), cfg.train,
+                   Streams.from_seed(cfg.seed, device),
+                   dynamic_binarization=p.dataset.likelihood == "bernoulli", progress=progress,
+                   epoch_end=p.epoch_end, checkpoints=p.checkpoints,
+                   minibatch_mi=p.minibatch_mi)
+
+
+def evaluate_trained(run: ResolvedRun, p: Prepared, result: FitResult) -> dict:
+    """The run's metrics: how training went, and for a finished training every metric of the
+    test split (``bench.metrics.evaluate``) and the collapse law's predictions where they apply."""
+    cfg = run.config
+    metrics = {"run_id": run.run_id, "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
-               "pretrained_decoder": pre[0] if pre else None,
+               "pretrained_decoder": p.pretrained,
                "train_seconds": result.train_seconds,
                "diagnostics_seconds": result.diagnostics_seconds,
                "train_samples_per_s": result.steps * cfg.train.batch_size
                / max(result.train_seconds, 1e-9), **(result.convergence or {})}
-    if result.status == "ok":
-        start = time.perf_counter()
-        metrics.update(evaluate(model, dataset.test.to(dtype=dtype, device=device),
-                                cfg.eval.is_samples, cfg.eval.elbo_samples, cfg.eval.seed))
-        metrics["eval_seconds"] = time.perf_counter() - start
-        metrics.update(collapse_law(cfg, dataset, metrics, model))
-    else:
+    if result.status != "ok":
         metrics["last_finite"] = result.last_finite
         metrics["last_finite_epoch"] = result.history[-1] if result.history else None
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    pics = previews(model, dataset, cfg) if result.status == "ok" else None
-    path = write_run(target, config=to_dict(cfg), metrics=metrics, history=result.history,
-                     env=env, state_dict=state, previews=pics)
-    checkpoints.clear()  # a finished run keeps only its final weights
+        return metrics
+    x = p.dataset.test.to(dtype=getattr(torch, cfg.dtype), device=torch.device(cfg.device))
+    start = time.perf_counter()
+    metrics.update(evaluate(p.model, x, cfg.eval.is_samples, cfg.eval.elbo_samples,
+                            cfg.eval.seed))
+    metrics["eval_seconds"] = time.perf_counter() - start
+    metrics.update(collapse_law(cfg, p.dataset, metrics, p.model))
+    return metrics
+
+
+def record(run: ResolvedRun, p: Prepared, result: FitResult, metrics: dict,
+           target: Path) -> Path:
+    """The run directory, written whole (``results.write_run``); a finished run keeps only its
+    final weights, so its mid-run checkpoints go."""
+    state = {k: v.detach().cpu() for k, v in p.model.state_dict().items()}
+    pics = previews(p.model, p.dataset, run.config) if result.status == "ok" else None
+    path = write_run(target, config=to_dict(run.config), metrics=metrics,
+                     history=result.history, env=p.env, state_dict=state, previews=pics)
+    if p.checkpoints is not None:
+        p.checkpoints.clear()
     return path
 
 
@@ -351,10 +347,15 @@ def load_run(run_dir: Path, data_dir: str | None = None):
 
 def evaluate_run(run_dir: Path, is_samples: int | None = None,
                  data_dir: str | None = None, svae_tf_ll: int | None = None) -> dict:
-    """A finished run's metrics recomputed from its weights (``is_samples``: another K). With
+    """A finished run's metrics recomputed from its weights (``is_samples``: another K), in the
+    run's numerics mode and thread count, so that the same K gives the record's bits. With
     ``svae_tf_ll`` = n, also Davidson et al.'s code's "LL" with n samples
     (``bench.metrics.svae_tf_ll_points``), as ``svae_tf_ll`` and its standard error."""
     cfg, model, dataset = load_run(run_dir, data_dir)
+    if cfg.numerics != numerics.active():  # its kernels, as it was trained and evaluated
+        return numerics.run_in_mode(cfg.numerics, evaluate_run, run_dir, is_samples, data_dir,
+                                    svae_tf_ll)
+    numerics.apply(cfg.numerics)  # and its thread count, whatever this process was started with
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     k = cfg.eval.is_samples if is_samples is None else is_samples
     x = dataset.test.to(dtype=dtype, device=device)

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 from .backends import BACKENDS, _local, _ray, run_one
-from .config import RunConfig, pretrain_config
-from .identity import checkpoint_dir, run_name
+from .identity import ResolvedRun, checkpoint_dir
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
 from .results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 
@@ -36,17 +35,19 @@ def runs_dir(results: Path, profile: Profile) -> Path:
     return Path(results) / profile.name / "runs"
 
 
-def reuse_finished(profile: Profile, results: Path) -> int:
-    """Copy into this profile's runs every missing run (and pretrained decoder) that a profile
-    of ``profile.reuse`` finished under the same results directory; returns how many. A copy
-    lands whole (a temporary name, then renamed), without mid-run checkpoints."""
+Runs = list[tuple[str, ResolvedRun]]  # (grid label, resolved run), as ``grid`` gives them
+
+
+def reuse_finished(profile: Profile, results: Path, runs: Runs) -> int:
+    """Copy into this profile's runs every missing run (and pretrained decoder) of ``runs``
+    that a profile of ``profile.reuse`` finished under the same results directory; returns how
+    many. A copy lands whole (a temporary name, then renamed), without mid-run checkpoints."""
     out = runs_dir(results, profile)
     wanted = {}
-    for _, cfg in grid(profile):
-        wanted[run_name(cfg)] = cfg
-        pre = pretrain_config(cfg)
-        if pre is not None:
-            wanted[run_name(pre)] = pre
+    for _, run in runs:
+        wanted[run.name] = run
+        if run.pretrained is not None:
+            wanted[run.pretrained.name] = run.pretrained
     copied = 0
     for name in wanted:
         if finished(out / name):
@@ -68,21 +69,22 @@ def reuse_finished(profile: Profile, results: Path) -> int:
     return copied
 
 
-def pending(profile: Profile, results: Path) -> list[tuple[str, RunConfig]]:
+def pending(profile: Profile, results: Path, runs: Runs | None = None) -> Runs:
+    """The grid points of ``runs`` (default: the profile's grid) without a finished record."""
     out = runs_dir(results, profile)
-    return [(label, cfg) for label, cfg in grid(profile)
-            if not finished(out / run_name(cfg))]
+    return [(label, run) for label, run in (grid(profile) if runs is None else runs)
+            if not finished(out / run.name)]
 
 
-def stages(configs: list[RunConfig], out: Path) -> list[list[RunConfig]]:
+def stages(runs: list[ResolvedRun], out: Path) -> list[list[ResolvedRun]]:
     """The runs to do in order: first the missing pretrained decoders that pending lagging runs
     start from (each once), then the runs themselves, so no worker waits for another's decoder."""
     first = {}
-    for cfg in configs:
-        pre = pretrain_config(cfg)
-        if pre is not None and not finished(out / run_name(pre)):
-            first.setdefault(run_name(pre), pre)
-    return [s for s in (list(first.values()), configs) if s]
+    for run in runs:
+        pre = run.pretrained
+        if pre is not None and not finished(out / pre.name):
+            first.setdefault(pre.name, pre)
+    return [s for s in (list(first.values()), runs) if s]
 
 
 COMMITTED = Path(__file__).resolve().parent.parent / "results"
@@ -96,18 +98,19 @@ def _run_seconds(metrics: dict) -> float:
     return sum(float(metrics.get(p) or 0) for p in ESTIMATE_PARTS)
 
 
-def finished_seconds(profile: Profile, results: Path) -> dict[str, list[float]]:
+def finished_seconds(profile: Profile, results: Path,
+                     runs: Runs | None = None) -> dict[str, list[float]]:
     """Training + evaluation seconds of each finished grid run in ``results``, by label."""
     out, seconds = runs_dir(results, profile), {}
-    for label, cfg in grid(profile):
-        path = out / run_name(cfg)
+    for label, run in grid(profile) if runs is None else runs:
+        path = out / run.name
         if path.is_dir() and damage(path) is None and retry_reason(path) is None:
             seconds.setdefault(label, []).append(_run_seconds(read_json(path / "metrics.json")))
     return seconds
 
 
-def cost_estimates(profile: Profile, results: Path,
-                   committed: Path | None = None) -> dict[str, float]:
+def cost_estimates(profile: Profile, results: Path, committed: Path | None = None,
+                   runs: Runs | None = None) -> dict[str, float]:
     """Seconds one run of each configuration takes (training + evaluation, mean over its
     finished seeds), by grid label: from the finished runs in ``results``, else from the
     profile's committed summary (``committed``, default this checkout's ``results/``; its
@@ -128,16 +131,16 @@ def cost_estimates(profile: Profile, results: Path,
                     if math.isfinite(seconds):
                         seen.setdefault(row["label"], []).append(seconds)
         estimates.update({k: sum(v) / len(v) for k, v in seen.items()})
-    estimates.update({k: sum(v) / len(v) for k, v in finished_seconds(profile, results).items()})
+    estimates.update({k: sum(v) / len(v)
+                      for k, v in finished_seconds(profile, results, runs).items()})
     return estimates
 
 
-def longest_first(todo: list[tuple[str, RunConfig]],
-                  estimates: dict[str, float]) -> list[RunConfig]:
+def longest_first(todo: Runs, estimates: dict[str, float]) -> list[ResolvedRun]:
     """The runs in submission order: those without an estimate first (they may be long), then
     the rest longest first, grid order among equals. Workers take the next run when they free,
     so submitting the longest first (LPT scheduling) keeps one long run from starting last: on
-    the committed `trained` grid, 1.05 h instead of 1.42 h on 8 workers (README, Ray)."""
+    the committed `trained` grid, 1.05 h instead of 1.42 h on 8 workers (docs/ray.md)."""
     order = sorted(range(len(todo)), key=lambda i: (todo[i][0] in estimates,
                                                      -estimates.get(todo[i][0], 0.0)))
     return [todo[i][1] for i in order]
@@ -148,10 +151,10 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
     name, ``done`` / ``pending`` / ``resumable`` when a mid-run checkpoint exists), and a line
     estimating the pending runs' cost from the finished runs of the same configuration
     (training + evaluation seconds, mean over their seeds)."""
-    out = runs_dir(results, profile)
-    rows, seconds = [], finished_seconds(profile, results)
-    for label, cfg in grid(profile):
-        path = out / run_name(cfg)
+    out, runs = runs_dir(results, profile), grid(profile)
+    rows, seconds = [], finished_seconds(profile, results, runs)
+    for label, run in runs:
+        path = out / run.name
         why = (damage(path) or retry_reason(path)) if path.is_dir() else None
         if path.is_dir() and why is None:
             status = "done"
@@ -161,7 +164,7 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
             status = "reused"  # copied from a profile it reuses when the suite runs
         else:
             status = "resumable" if any(checkpoint_dir(path).glob("epoch-*.pt")) else "pending"
-        rows.append({"label": label, "seed": cfg.seed, "run": path.name, "status": status,
+        rows.append({"label": label, "seed": run.config.seed, "run": path.name, "status": status,
                      **({"why": why} if why else {})})
     todo = [r for r in rows if r["status"] not in ("done", "reused")]
     known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
@@ -184,9 +187,11 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = runs_dir(results, profile)
     ensure_writable(out)
-    reused = reuse_finished(profile, results) if profile.reuse else 0
-    total = len(grid(profile))
-    todo = longest_first(pending(profile, results), cost_estimates(profile, results))
+    runs = grid(profile)  # every run of the grid resolved once, here
+    reused = reuse_finished(profile, results, runs) if profile.reuse else 0
+    total = len(runs)
+    todo = longest_first(pending(profile, results, runs),
+                         cost_estimates(profile, results, runs=runs))
     if todo and git_dirty():
         print("vae-bench: warning: this checkout has uncommitted changes; its runs record "
               "git_dirty: true (commit first for results that name the code that made them)",

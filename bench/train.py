@@ -113,6 +113,16 @@ class Trainer:
         self._factor = 1.0
 
     @classmethod
+    def from_config(cls, model, net, train: TrainConfig, streams, train_x: torch.Tensor,
+                    dynamic_binarization: bool, total: int, minibatch_mi=None) -> Trainer:
+        """The trainer of ``fit``: learning rate, batch size, Adam's settings and the clip from
+        the run's train config."""
+        return cls(model, net, train.lr, streams, train_x, train.batch_size,
+                   dynamic_binarization, total,
+                   {"betas": (train.adam_beta1, train.adam_beta2), "eps": train.adam_eps},
+                   train.clip, minibatch_mi)
+
+    @classmethod
     def for_step(cls, net, opt: torch.optim.Optimizer, noise: torch.Generator, step: int,
                  total: int, x: torch.Tensor, clip: float = DEFAULT_CLIP) -> Trainer:
         """A trainer around one given optimizer of the whole model, for single steps on the
@@ -237,32 +247,33 @@ def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise,
     return variant.train_step(Trainer.for_step(net, opt, noise, step, total, x, clip), x)
 
 
-def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-        streams, dynamic_binarization: bool, progress: bool = False,
-        compile: bool = False, epoch_end=None, lr_schedule: str = "constant",
-        adam: dict | None = None, checkpoints: Checkpoints | None = None,
-        clip: float = DEFAULT_CLIP, minibatch_mi=None,
-        convergence: Convergence | None = None) -> FitResult:
-    """Adam on the variant's loss. Data order and binarization come from their own streams.
+def fit(model, variant, train_x: torch.Tensor, train: TrainConfig, streams: Streams, *,
+        dynamic_binarization: bool, progress: bool = False, epoch_end=None,
+        checkpoints: Checkpoints | None = None, minibatch_mi=None) -> FitResult:
+    """Adam on the variant's loss, as the run's train config (``train``) says: epochs, batch
+    size, learning rate and its schedule, Adam's settings, the clip, the fast mode and the
+    convergence protocol. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
     the whole training split from ``streams.binarize`` (dynamic binarization). ``epoch_end(epoch)``
     (the validation diagnostics) returns columns for the epoch's history row; its time is kept
-    apart from the training time. The learning rate of each epoch follows ``lr_schedule``
-    (``epoch_lr``) and is recorded in the row. With ``checkpoints``, training resumes from the
-    latest readable checkpoint and writes one every ``checkpoints.every`` epochs. Every optimizer
-    step clips the gradient norm at ``clip``; ``minibatch_mi(batch)`` is the validation MI a
-    procedure may read (``Trainer.minibatch_mi``). With an active ``convergence`` protocol
-    (``bench.convergence``), each epoch's row decides whether to go on, decay the learning rate
-    or stop, and the model ends with the best-on-validation weights.
+    apart from the training time. The learning rate of each epoch follows
+    ``train.lr_schedule`` (``epoch_lr``) and is recorded in the row. With ``checkpoints``,
+    training resumes from the latest readable checkpoint and writes one every
+    ``checkpoints.every`` epochs. Every optimizer step clips the gradient norm at
+    ``train.clip``; ``minibatch_mi(batch)`` is the validation MI a procedure may read
+    (``Trainer.minibatch_mi``). With an active convergence protocol (``train.stop_patience`` or
+    ``train.lr_decay_patience``; ``bench.convergence``), each epoch's row decides whether to go
+    on, decay the learning rate or stop, and the model ends with the best-on-validation weights.
     """
-    conv = convergence or Convergence()
-    net = compile_model(model) if compile else model
+    conv = Convergence.from_config(train)
+    net = compile_model(model) if train.compile else model
+    epochs, batch_size, lr = train.epochs, train.batch_size, train.lr
     n = len(train_x)
     per_epoch = math.ceil(n / batch_size)
     total = epochs * per_epoch
-    trainer = Trainer(model, net, lr, streams, train_x, batch_size, dynamic_binarization, total,
-                      adam, clip, minibatch_mi)
+    trainer = Trainer.from_config(model, net, train, streams, train_x, dynamic_binarization,
+                                  total, minibatch_mi)
     trainer.epochs = epochs
     trainer.optimizer()  # the model's optimizer exists from the start, as before
     trainer.remember_initial()
@@ -277,7 +288,7 @@ def fit(model, variant, train_x: torch.Tensor, *, epochs: int, batch_size: int, 
     model.train()
     for epoch in range(first, epochs + 1):
         trainer.epoch = epoch
-        trainer.set_lr(base=epoch_lr(lr_schedule, lr, epoch) * conv.factor)
+        trainer.set_lr(base=epoch_lr(train.lr_schedule, lr, epoch) * conv.factor)
         order = torch.randperm(n, generator=streams.data).to(train_x.device)
         x_all = binarize(train_x.cpu(), streams.binarize).to(train_x.device) \
             if dynamic_binarization else train_x

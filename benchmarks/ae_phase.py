@@ -36,9 +36,9 @@ from bench.runner import execute, load_run  # noqa: E402
 def the_config(seed: int):
     """The default profile's MLP `pretrained-encoder` config of ``seed`` (the MLP decoder is a
     plain stack of layers, which the saturation count walks)."""
-    for label, cfg in grid(load_profile("default")):
-        if label == "mlp / pretrained-encoder" and cfg.seed == seed:
-            return cfg
+    for label, run in grid(load_profile("default")):
+        if label == "mlp / pretrained-encoder" and run.config.seed == seed:
+            return run.config
     raise SystemExit(f"no mlp / pretrained-encoder seed {seed} in the default profile")
 
 

@@ -139,12 +139,13 @@ def test_data_dir_is_accepted_before_and_after_the_subcommand(capsys, tmp_path):
 
 def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, tmp_path):
     from bench.config import to_dict
-    from bench.runner import run_name
+    from bench.identity import run_name
     from bench.suite import grid, load_profile, runs_dir
 
     profile = load_profile("smoke")
     points = grid(profile)
-    label, cfg = points[0]
+    label, run = points[0]
+    cfg = run.config
     done = runs_dir(tmp_path, profile) / run_name(cfg)
     done.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"status": "ok", "nll_is": 90.0,

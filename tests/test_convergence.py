@@ -11,8 +11,9 @@ from conftest import StoppedAfterCheckpoint
 from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
 from bench.convergence import Convergence
-from bench.runner import checkpoint_dir, execute, run_name
-from variants.base import ConfigError
+from bench.identity import checkpoint_dir, run_name
+from bench.runner import execute
+from variants.errors import ConfigError
 
 TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "16", "model.latent_dim": 4,
         "eval.is_samples": 10}
@@ -70,7 +71,7 @@ def test_the_protocol_needs_a_validation_split_and_a_decay_for_max_decays():
 
 
 def test_protocol_keys_stay_out_of_the_run_id_at_their_defaults():
-    from bench.config import run_id
+    from bench.identity import run_id
 
     plain = resolve(apply_overrides(RunConfig(), TINY))
     same = resolve(apply_overrides(RunConfig(), {**TINY, "train.stop_patience": 0,
@@ -210,7 +211,8 @@ def test_val_loss_is_the_variants_own_objective_on_the_validation_split():
     analytic KL, so the validation losses at beta = 1 and beta = 0.5 differ by exactly half the
     validation KL of the diagnostics (which needs no noise)."""
     from bench.metrics import validation_diagnostics, validation_loss
-    from bench.runner import build_model, load_dataset
+    from bench.model import build_model
+    from bench.runner import load_dataset
 
     cfg = resolve(apply_overrides(RunConfig(), {**TINY, "variant": "beta", "beta": 1.0}))
     dataset = load_dataset(cfg, None)

@@ -13,10 +13,12 @@ import torch
 from torch.distributions import Bernoulli
 
 import variants
-from bench.config import RunConfig, apply_overrides, pretrain_config, resolve
+from bench.config import RunConfig, apply_overrides, resolve
 from bench.data import hold_out, load
+from bench.identity import pretrain_config, run_name
+from bench.model import build_model
 from bench.report import regression_frame, summarize
-from bench.runner import build_model, execute, load_dataset, run_name
+from bench.runner import execute, load_dataset
 from bench.suite import grid, load_profile, run_suite
 from variants.core import VAE
 from variants.decoders import MADEDecoder, PixelCNNDecoder, made_masks
@@ -260,7 +262,7 @@ def test_lagging_grid_resumed_equals_uninterrupted(tmp_path, lag_local):
     run_suite(profile, tmp_path, progress=False)
     runs = tmp_path / "lag" / "runs"
     # lose a pretrained decoder and a run that used it; the rest stays
-    cfg = grid(profile)[0][1]
+    cfg = grid(profile)[0][1].config
     shutil.rmtree(runs / run_name(pretrain_config(cfg)))
     shutil.rmtree(runs / run_name(cfg))
     counts = run_suite(profile, tmp_path, jobs=2, progress=False)

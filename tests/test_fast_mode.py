@@ -14,15 +14,8 @@ import shutil
 import pytest
 import torch
 
-from bench.config import (
-    HASHED_ONLY_WHEN_SET,
-    NOT_HASHED,
-    SUITE_VERSION,
-    RunConfig,
-    apply_overrides,
-    run_id,
-    to_dict,
-)
+from bench.config import SUITE_VERSION, RunConfig, apply_overrides, to_dict
+from bench.identity import HASHED_ONLY_WHEN_SET, NOT_HASHED, run_id
 from bench.train import compile_model, make_optimizer, train_step
 from variants import create
 from variants.factory import build_vae

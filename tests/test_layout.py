@@ -1,5 +1,6 @@
 """The house's layout: no two modules of the project import each other (directly or around a
-longer loop, function-level imports included), and no module outgrows one idea (~400 lines)."""
+longer loop, function-level and type-checking imports included), and no module outgrows one
+idea (~400 lines)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules that ``name`` imports anywhere in its file (``if TYPE_CHECKING``
-    blocks aside). ``from P import x`` names the module P.x where that is a module of the
-    project, else P (a name defined in P)."""
+    """The project modules that ``name`` imports anywhere in its file, ``if TYPE_CHECKING``
+    blocks included (two modules that need each other's types share one idea: one module).
+    ``from P import x`` names the module P.x where that is a module of the project, else P (a
+    name defined in P)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
-    for node in ast.walk(tree):  # annotations only: never executed, so no import at run time
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
-            node.body = []
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

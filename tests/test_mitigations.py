@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import variants
-from bench.config import RunConfig, apply_overrides, from_dict, resolve, run_id
-from bench.runner import build_model, execute, load_dataset
+from bench.config import RunConfig, TrainConfig, apply_overrides, from_dict, resolve
+from bench.identity import run_id
+from bench.model import build_model
+from bench.runner import execute, load_dataset
 from bench.seeding import Streams
 from bench.train import Trainer, fit
 from variants.aggressive import InnerStop, MIPatience
@@ -217,8 +219,8 @@ def _pretrained_encoder_fit(**hp):
         return wrapped
 
     v.epoch_end = after_ae(v.epoch_end)
-    result = fit(model, v, dataset.train.double(), epochs=1, batch_size=100, lr=1e-3,
-                 streams=Streams.from_seed(0), dynamic_binarization=True,
+    result = fit(model, v, dataset.train.double(), TrainConfig(epochs=1, batch_size=100, lr=1e-3),
+                 Streams.from_seed(0), dynamic_binarization=True,
                  epoch_end=lambda epoch: {"val_recon": 1.0})
     return v, model, start, result, seen
 

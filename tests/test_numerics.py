@@ -36,6 +36,7 @@ import json, sys
 import bench  # the numerics mode first, before torch loads
 from bench import numerics
 import torch
+from bench.config import TrainConfig
 from bench.metrics import evaluate
 from bench.seeding import Streams
 from bench.train import fit
@@ -54,7 +55,7 @@ opts = {"mlp": {}, "made": {"decoder": "made", "decoder_hidden": (500,)},
 torch.manual_seed(1)
 variant = create("vae")
 model = build_vae(variant, 784, 32, hidden=(200, 200), activation="tanh", **opts)
-fit(model, variant, train, epochs=1, batch_size=100, lr=1e-3, streams=Streams.from_seed(0),
+fit(model, variant, train, TrainConfig(epochs=1, batch_size=100, lr=1e-3), Streams.from_seed(0),
     dynamic_binarization=True)
 metrics = evaluate(model, test[:100 if decoder == "pixelcnn" else 200],
                    20 if decoder == "pixelcnn" else 50, 1, 0)

@@ -11,12 +11,13 @@ import pytest
 
 import variants
 from bench.cli import main
-from bench.config import RunConfig, apply_overrides, resolve, run_id
+from bench.config import RunConfig, apply_overrides, resolve
 from bench.contract import ContractError, check_variant
+from bench.identity import run_id, run_name
 from bench.report import summarize
-from bench.runner import execute, load_dataset, run_name
+from bench.runner import execute, load_dataset
 from bench.suite import load_profile, run_suite, with_variants
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "capacity.py"
 TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 1, "model.hidden": "16",
@@ -253,7 +254,7 @@ def test_a_missing_or_garbled_npz_file_is_refused_in_one_line(tmp_path, capsys):
 def test_a_pretrained_decoder_without_weights_is_rebuilt_only_to_the_same_numbers(tmp_path):
     """Committed records carry no weights: a lagging run on a fresh clone trains the pretrained
     decoder again and installs its weights only if its numbers are the record's."""
-    from bench.config import pretrain_config
+    from bench.identity import pretrain_config
 
     cfg = resolve(apply_overrides(RunConfig(), {
         **TINY, "model.decoder": "made", "model.decoder_hidden": "16",

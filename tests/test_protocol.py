@@ -16,7 +16,9 @@ from conftest import StoppedAfterCheckpoint
 
 from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
-from bench.runner import build_model, checkpoint_dir, execute, load_dataset, run_name
+from bench.identity import checkpoint_dir, run_name
+from bench.model import build_model
+from bench.runner import execute, load_dataset
 from bench.train import burda_stage, epoch_lr
 
 ROOT = Path(__file__).parents[1]
@@ -180,8 +182,8 @@ def test_paper_profile_lists_every_row_of_burda_table_1():
 
     profile = load_profile("paper")
     cells = {}
-    for label, cfg in grid(profile):
-        cells.setdefault(label, []).append(cfg)
+    for label, run in grid(profile):
+        cells.setdefault(label, []).append(run.config)
     rows = [f"{g} / {m} k={k}" for g in ("1 layer", "2 layers") for m in ("vae", "iwae")
             for k in (1, 5, 50)]
     assert sorted(cells) == sorted(rows)

@@ -174,7 +174,6 @@ def test_two_ray_workers_on_a_loopback_cluster_run_each_run_once(tmp_path, unint
     --ray-address`: the runs spread over both nodes (env.json names the node), every run of the
     grid lands exactly once, and the numbers equal the local backend's."""
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from bench.runner import run_name
     from bench.suite import grid
 
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -200,7 +199,7 @@ def test_two_ray_workers_on_a_loopback_cluster_run_each_run_once(tmp_path, unint
         assert counts["ok"] == counts["total"] == 6
         runs = tmp_path / "results" / "tiny" / "runs"
         names = complete_or_absent(runs)
-        assert sorted(names) == sorted(run_name(cfg) for _, cfg in grid(profile))
+        assert sorted(names) == sorted(run.name for _, run in grid(profile))
         assert not (runs / ".damaged").exists()
         executors = {json.loads((runs / n / "env.json").read_text())["executor"] for n in names}
         assert len(executors) == 2 and all(e.startswith("ray node ") for e in executors), \
@@ -275,7 +274,7 @@ def test_the_suite_submits_the_longest_runs_first(tmp_path, monkeypatch):
     submitted = []
 
     def record(stage, out, data_dir, jobs):
-        submitted.extend((c.variant, c.seed) for c in stage)
+        submitted.extend((r.config.variant, r.config.seed) for r in stage)
         return ["ok"] * len(stage)
 
     monkeypatch.setattr(suite, "COMMITTED", committed)

@@ -16,7 +16,7 @@ from bench.config import RunConfig, apply_overrides, resolve
 from bench.runner import execute
 from bench.train import Trainer
 from variants import create
-from variants.base import ConfigError
+from variants.errors import ConfigError
 from variants.hierarchy import TwoLayerPosterior, TwoLayerVAE
 from variants.latents import GaussianLatent, GaussianPosterior
 

@@ -29,7 +29,8 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from .base import ConfigError, Param, Variant
+from .base import Param, Variant
+from .errors import ConfigError
 
 REGISTRY: dict[str, type[Variant]] = {}
 ENTRY_POINT_GROUP = "vae_bench.variants"

@@ -30,7 +30,8 @@ encoder-only steps per outer batch) and ``val_mutual_info_batch`` (the MI the ru
 import math
 
 from . import register
-from .base import ConfigError, Param, Variant
+from .base import Param, Variant
+from .errors import ConfigError
 
 
 class InnerStop:

@@ -31,11 +31,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from .errors import ConfigError  # user code may import it from here too
 from .latents import GaussianLatent
-
-
-class ConfigError(ValueError):
-    """A bad name or value; its message is one line naming what is wrong and what is allowed."""
 
 
 @dataclass(frozen=True)

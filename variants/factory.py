@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import REGISTRY, create
-from .base import ConfigError
 from .core import VAE
+from .errors import ConfigError
 from .hierarchy import TwoLayerVAE
 from .latents import GaussianLatent
 

@@ -22,7 +22,8 @@ clip 5, ``train.*``) applies.
 from torch import Tensor
 
 from . import register
-from .base import ConfigError, Param, Variant
+from .base import Param, Variant
+from .errors import ConfigError
 
 MODES = ("batch", "example", "dimension")
 

@@ -32,7 +32,8 @@ import math
 
 from . import register
 from .annealing import linear
-from .base import ConfigError, Param, Variant
+from .base import Param, Variant
+from .errors import ConfigError
 from .free_bits import free_bits
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from variants.base import ConfigError
+from variants.errors import ConfigError
 
 from ..config import SUITE_VERSION
 from ..data import TEST_BINARIZATION_SEED
@@ -167,9 +167,9 @@ def _mi_bound(summary: pd.DataFrame) -> str:
 def _ais_lines(profile: Profile, summary: pd.DataFrame) -> list[str]:
     """The estimator section where the profile's runs have AIS records (bench/report/estimators.py)."""
     points = grid(profile)
-    if not points or not points[0][1].eval.ais_points:
+    if not points or not points[0][1].config.eval.ais_points:
         return []
-    ev = points[0][1].eval
+    ev = points[0][1].config.eval
     return estimator_section(summary, profile.baseline,
                              f"T = {ev.ais_steps} intermediate distributions, {ev.ais_chains} "
                              f"chains of {ev.ais_leapfrog}-step HMC started at the {ev.ais_start}, "

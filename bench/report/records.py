@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..attached import profile_record, summary_scalars
 from ..config import SUITE_VERSION
-from ..identity import run_name
 from ..results import damage, read_json
 from ..suite import Profile, grid, group_of, runs_dir
 
@@ -35,8 +34,9 @@ def load_run(path: Path) -> tuple[dict, dict, pd.DataFrame | None, dict]:
 def summarize(profile: Profile, results: Path) -> pd.DataFrame:
     """One row per grid point: identity, status, every scalar metric and its SE, timings."""
     rows = []
-    for label, cfg in grid(profile):
-        path = runs_dir(results, profile) / run_name(cfg)
+    for label, run in grid(profile):
+        cfg = run.config
+        path = runs_dir(results, profile) / run.name
         row = {"label": label, "group": group_of(label), "variant": cfg.variant,
                "hparams": json.dumps(cfg.hparams, sort_keys=True), "dataset": cfg.dataset,
                "seed": cfg.seed, "run": path.name}

@@ -22,7 +22,8 @@ Families (``model.decoder``):
   layer's gates (every layer's with Skip-VAE) (``pixelcnn``).
 
 One idea per module: ``layers`` (the MLP stack, the Bernoulli likelihood, the pretrained start),
-``fast_eval`` (the no-grad evaluation paths), ``autoregressive`` (the autoregressive contract),
+``fast_eval`` (the no-grad evaluation of independent pixels and the shared tile kernels),
+``autoregressive`` (the autoregressive contract with its own no-grad path, ``TiledInference``),
 the families ``independent``, ``made`` and ``pixelcnn``; this module holds the factory.
 """
 
@@ -33,8 +34,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .autoregressive import AutoregressiveDecoder
-from .fast_eval import EVAL_TILE_ROWS, InferenceDecoder, TiledInference, softplus_sum_
+from .autoregressive import AutoregressiveDecoder, TiledInference
+from .fast_eval import EVAL_TILE_ROWS, InferenceDecoder, softplus_sum_
 from .independent import MLPDecoder, SkipMLPDecoder
 from .layers import ACTIVATIONS, bernoulli_log_prob, load_pretrained, mlp
 from .made import MADEDecoder, made_masks
@@ -45,7 +46,7 @@ DECODERS = ("mlp", "made", "pixelcnn")
 
 def check_options(kind: str, hidden: Sequence[int], skip: bool = False, **_) -> None:
     """ConfigError for decoder options that mean nothing for this decoder."""
-    from ..base import ConfigError
+    from ..errors import ConfigError
 
     if skip and kind == "mlp" and len(hidden) < 2:
         raise ConfigError("z into every later layer (skip-vae) with the mlp decoder needs at "

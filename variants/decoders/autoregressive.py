@@ -1,12 +1,14 @@
 """The autoregressive decoder contract: all D logits from one pass over (x, z), split into
-x-terms (once per point) and the rest (per sample of z); ancestral sampling for previews."""
+x-terms (once per point) and the rest (per sample of z); its no-grad evaluation path
+(``TiledInference``: the x-terms once per point, the logits tile by tile); ancestral sampling
+for previews."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from .fast_eval import TiledInference
+from .fast_eval import EVAL_TILE_ROWS, softplus_sum_
 from .layers import bernoulli_log_prob, load_pretrained
 
 
@@ -47,3 +49,29 @@ class AutoregressiveDecoder(nn.Module):
         return probs
 
     load_pretrained = load_pretrained
+
+
+class TiledInference:
+    """No-grad log p(x|z) of an autoregressive decoder: its x-terms once per point (kept while
+    the same x tensor is passed again, as the importance sampler does for each chunk of samples),
+    then tiles of about ``EVAL_TILE_ROWS`` (sample, point) rows, each reduced to
+    sum_d x_d l_d - sum_d softplus(l_d) while its logits are in cache."""
+
+    def __init__(self, decoder: AutoregressiveDecoder, tile_rows: int = EVAL_TILE_ROWS):
+        self.decoder, self.tile_rows = decoder, tile_rows
+
+    def _x_terms(self, x: Tensor):
+        cached = getattr(self, "_x_cache", None)
+        if cached is None or cached[0] is not x or cached[1] != x._version:
+            cached = self._x_cache = (x, x._version, self.decoder.x_terms(x))
+        return cached[2]
+
+    def bernoulli_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        terms, (s, b) = self._x_terms(x), z.shape[:2]
+        step = max(1, self.tile_rows // b)
+        out = []
+        for i in range(0, s, step):
+            logits = self.decoder.logits_given(terms, x, z[i:i + step])
+            xl = (logits * x).sum(-1)
+            out.append(xl - softplus_sum_(logits.reshape(-1, x.shape[-1])).view(xl.shape))
+        return torch.cat(out)

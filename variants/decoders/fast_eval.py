@@ -1,16 +1,12 @@
 """Evaluation fast paths: the same log p(x|z) as training computes, rewritten for no-grad
-importance sampling (what depends on x alone once per point, logits tile by tile while in
-cache, one log per group of sigmoids)."""
+importance sampling of decoders whose pixels are independent given z (``InferenceDecoder``),
+and the tile kernels every no-grad path shares (logits reduced tile by tile while in cache, one
+log per group of sigmoids); the autoregressive path is ``autoregressive.TiledInference``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from .autoregressive import AutoregressiveDecoder
 
 
 def _group_size(d: int, limit: int = 126) -> int:
@@ -106,29 +102,3 @@ class InferenceDecoder:
                               for i in range(0, s * b, EVAL_TILE_ROWS)])
         xw, xb = self._x_terms(x)
         return (h.view(s, b, -1) * xw).sum(-1) + xb - softplus.view(s, b)
-
-
-class TiledInference:
-    """No-grad log p(x|z) of an autoregressive decoder: its x-terms once per point (kept while
-    the same x tensor is passed again, as the importance sampler does for each chunk of samples),
-    then tiles of about ``EVAL_TILE_ROWS`` (sample, point) rows, each reduced to
-    sum_d x_d l_d - sum_d softplus(l_d) while its logits are in cache."""
-
-    def __init__(self, decoder: AutoregressiveDecoder, tile_rows: int = EVAL_TILE_ROWS):
-        self.decoder, self.tile_rows = decoder, tile_rows
-
-    def _x_terms(self, x: Tensor):
-        cached = getattr(self, "_x_cache", None)
-        if cached is None or cached[0] is not x or cached[1] != x._version:
-            cached = self._x_cache = (x, x._version, self.decoder.x_terms(x))
-        return cached[2]
-
-    def bernoulli_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        terms, (s, b) = self._x_terms(x), z.shape[:2]
-        step = max(1, self.tile_rows // b)
-        out = []
-        for i in range(0, s, step):
-            logits = self.decoder.logits_given(terms, x, z[i:i + step])
-            xl = (logits * x).sum(-1)
-            out.append(xl - softplus_sum_(logits.reshape(-1, x.shape[-1])).view(xl.shape))
-        return torch.cat(out)

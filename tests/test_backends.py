@@ -1,0 +1,58 @@
+"""Backends keep a run's numbers and refuse what would hang: portable runs keep their thread
+count on every backend; a Ray address that does not answer and a cluster without a node large
+enough are refused in one line."""
+
+import sys
+import time
+
+import pytest
+import torch
+
+from bench.backends import check_ray_address, run_one
+from bench.config import RunConfig, apply_overrides, resolve
+from bench.identity import resolve_run
+from variants.errors import ConfigError
+
+
+def test_portable_runs_keep_their_thread_count_on_every_backend(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    cfg = resolve(apply_overrides(RunConfig(), {"dataset": "digits", "train.epochs": 1,
+                                                "model.hidden": "8", "model.latent_dim": 2,
+                                                "eval.is_samples": 5}))
+    assert cfg.numerics == "portable"
+    assert run_one(cfg, tmp_path, None, 1) == "ok"  # 1: what a Ray task asks for
+    from bench.numerics import PORTABLE_THREADS
+    assert calls and set(calls) == {PORTABLE_THREADS}  # the mode's count, not the backend's
+
+
+def test_a_ray_address_that_does_not_answer_fails_in_one_line():
+    with pytest.raises(ConfigError, match="is invalid; allowed: HOST:PORT"):
+        check_ray_address("notahost:abc")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="nothing answers there within 2 s"):
+        check_ray_address("127.0.0.1:1", timeout=2)
+    assert time.monotonic() - start < 5
+
+
+def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A portable run's task reserves 2 CPUs; on a cluster whose nodes have 1 CPU each Ray would
+    wait forever, so the suite refuses before submitting anything (Ray itself replaced by a
+    stand-in that reports such a cluster)."""
+    import types
+
+    from bench.backends import _ray
+
+    submitted = []
+    fake = types.SimpleNamespace(
+        init=lambda **kw: None,
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}},
+                       {"Alive": False, "Resources": {"CPU": 8.0}}],  # a dead node counts not
+        remote=lambda fn: submitted.append(fn))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    run = resolve_run(apply_overrides(RunConfig(), {"dataset": "digits"}))
+    assert run.config.numerics == "portable"
+    with pytest.raises(ConfigError, match="reserves 2 CPUs .* no node of this Ray cluster has "
+                                          "more than 1;"):
+        list(_ray([run], tmp_path, None, None))
+    assert not submitted
