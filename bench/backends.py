@@ -13,7 +13,7 @@ from pathlib import Path
 from variants.errors import ConfigError
 
 from .config import RunConfig, to_dict
-from .identity import ResolvedRun, resolve_run
+from .identity import ResolvedRun, resolve_run, run_name
 from .results import TRANSIENT, environment, read_json, write_run
 
 
@@ -35,14 +35,15 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
     from .runner import execute
 
     tune()  # in every worker process, whatever the backend
-    out, run = Path(out), resolve_run(run)
-    cfg = run.config
+    out = Path(out)
+    cfg = getattr(run, "config", run)
     if threads and cfg.numerics != "portable":  # portable numerics fix their own thread count
         torch.set_num_threads(threads)
-    try:
+    try:  # a worker resolves here, inside: a check that fails there (memory) is recorded too
+        run = resolve_run(run)
         return read_json(execute(run, out, data_dir) / "metrics.json")["status"]
     except Exception as e:  # recorded, and the grid goes on
-        target = out / run.name
+        target = out / (run.name if isinstance(run, ResolvedRun) else run_name(cfg))
         error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
         if transient(e):
             print(f"vae-bench: {target.name} not recorded, retried on resume: {error}",
