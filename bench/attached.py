@@ -228,7 +228,8 @@ def summary_scalars(record: dict, nll_is: float | None) -> dict:
     return out
 
 
-def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int]:
+def pending_records(profile, results: Path,
+                    runs: list | None = None) -> tuple[list[tuple[str, Path]], int]:
     """The finished runs of a profile whose eval config asks for an AIS record they lack
     ((label, run directory) in grid order; those without ``model.pt`` are trained again first),
     and how many of the grid ask for one."""
@@ -237,7 +238,7 @@ def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int
     from .suite import runs_dir
 
     out, asked = [], 0
-    for label, run in grid(profile):
+    for label, run in grid(profile) if runs is None else runs:
         cfg = run.config
         if not cfg.eval.ais_points:
             continue
@@ -250,7 +251,8 @@ def pending_records(profile, results: Path) -> tuple[list[tuple[str, Path]], int
     return out, asked
 
 
-def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
+def attach_all(profile, results: Path, data_dir: str | None = None,
+               runs: list | None = None) -> dict:
     """After the grid: the AIS record of every finished run that lacks the one its profile asks
     for, one run at a time (each written when done, so an interrupted pass resumes). A run
     without weights (a committed record) is trained again first (``runner.rebuild_weights``: its
@@ -259,15 +261,16 @@ def attach_all(profile, results: Path, data_dir: str | None = None) -> dict:
     from .profile import grid
     from .runner import rebuild_weights
 
-    todo, _ = pending_records(profile, results)
-    runs = {run.name: run for _, run in grid(profile)}
+    runs = grid(profile) if runs is None else runs  # (label, resolved run): the grid, once
+    todo, _ = pending_records(profile, results, runs)
+    by_name = {run.name: run for _, run in runs}
     counts = {}
     for label, path in todo:
-        ev = runs[path.name].config.eval  # the profile's settings, not the record's config.json
+        ev = by_name[path.name].config.eval  # the profile's settings, not the record's config.json
         if not (path / "model.pt").is_file():  # records are committed without their weights
             print(f"vae-bench: {label}: no weights for AIS; training {path.name} again (its "
                   "weights are kept only if its metrics equal the record's)", file=sys.stderr)
-            rebuild_weights(runs[path.name], path, data_dir)
+            rebuild_weights(by_name[path.name], path, data_dir)
             counts["weights rebuilt"] = counts.get("weights rebuilt", 0) + 1
         try:
             evaluate_ais(path, data_dir, steps=ev.ais_steps, chains=ev.ais_chains,

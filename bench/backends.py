@@ -36,7 +36,7 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
 
     tune()  # in every worker process, whatever the backend
     out = Path(out)
-    cfg = getattr(run, "config", run)
+    cfg = run.config if isinstance(run, ResolvedRun) else run
     if threads and cfg.numerics != "portable":  # portable numerics fix their own thread count
         torch.set_num_threads(threads)
     try:  # a worker resolves here, inside: a check that fails there (memory) is recorded too

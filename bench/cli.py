@@ -84,17 +84,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from .attached import attach_all, pending_records
-    from .suite import dry_run, load_profile, run_suite, with_variants
+    from .suite import dry_run, grid, load_profile, run_suite, with_variants
 
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
+    runs = grid(profile)  # every run resolved once, for the grid and its AIS records
     if args.dry_run:
-        rows, line = dry_run(profile, Path(args.results))
+        rows, line = dry_run(profile, Path(args.results), runs)
         width = max(len(r["label"]) for r in rows)
         for r in rows:
             print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}"
                   + (f"  ({r['why']})" if r.get("why") else ""))
         print(line)
-        todo, asked = pending_records(profile, Path(args.results))
+        todo, asked = pending_records(profile, Path(args.results), runs)
         if asked:
             bare = sum(not (p / "model.pt").is_file() for _, p in todo)
             print(f"AIS (eval.ais_points): {len(todo)} finished runs lack their record"
@@ -103,8 +104,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         return 0
     counts = {} if args.ais_only else run_suite(
         profile, Path(args.results), args.jobs, args.data_dir, backend=args.backend,
-        ray_address=args.ray_address)
-    counts.update(attach_all(profile, Path(args.results), args.data_dir))
+        ray_address=args.ray_address, runs=runs)
+    counts.update(attach_all(profile, Path(args.results), args.data_dir, runs))
     print(json.dumps(counts, sort_keys=True))
     return 1 if any(k.startswith("failed") for k in counts) else 0
 

@@ -175,16 +175,16 @@ class Prepared:
     variant: Variant
     env: dict  # the environment as the run starts: the code that trains is the code checked out
     pretrained: str | None  # the pretrained decoder run's name
-    checkpoints: Checkpoints | None = None
+    checkpoints: Checkpoints
     epoch_end: Callable[[int], dict] | None = None  # the validation diagnostics of an epoch
     minibatch_mi: Callable[[int], float] | None = None  # a procedure's validation MI
 
 
 def prepare(run: ResolvedRun, data_dir: str | None, pre: tuple[str, dict] | None,
-            target: Path | None = None) -> Prepared:
+            target: Path) -> Prepared:
     """The run's data, its numerics and determinism, its model initialized from the seed (the
     decoder from ``pre``'s state where it has one), a copy of its variant, the validation hooks,
-    the environment record and (with ``target``) its mid-run checkpoints."""
+    the environment record and its mid-run checkpoints beside ``target``."""
     cfg = run.config
     dataset = load_dataset(cfg, data_dir)
     numerics.apply(cfg.numerics)
@@ -195,12 +195,11 @@ def prepare(run: ResolvedRun, data_dir: str | None, pre: tuple[str, dict] | None
     outside = variant_source(cfg.variant)
     if outside:
         env["variant_source"] = outside
-    prepared = Prepared(dataset, model, variant, env, pre[0] if pre else None)
+    checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every,
+                              identity=target.name)
+    prepared = Prepared(dataset, model, variant, env, pre[0] if pre else None, checkpoints)
     if dataset.valid is not None:
         prepared.epoch_end, prepared.minibatch_mi = _validation_hooks(cfg, prepared)
-    if target is not None:
-        prepared.checkpoints = Checkpoints(checkpoint_dir(target), cfg.train.checkpoint_every,
-                                           identity=target.name)
     return prepared
 
 
@@ -271,8 +270,7 @@ def record(run: ResolvedRun, p: Prepared, result: FitResult, metrics: dict,
     pics = previews(p.model, p.dataset, run.config) if result.status == "ok" else None
     path = write_run(target, config=to_dict(run.config), metrics=metrics,
                      history=result.history, env=p.env, state_dict=state, previews=pics)
-    if p.checkpoints is not None:
-        p.checkpoints.clear()
+    p.checkpoints.clear()
     return path
 
 

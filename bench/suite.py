@@ -146,12 +146,12 @@ def longest_first(todo: Runs, estimates: dict[str, float]) -> list[ResolvedRun]:
     return [todo[i][1] for i in order]
 
 
-def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
+def dry_run(profile: Profile, results: Path, runs: Runs | None = None) -> tuple[list[dict], str]:
     """What ``run_suite`` would do, without training: one row per grid point (label, seed, run
     name, ``done`` / ``pending`` / ``resumable`` when a mid-run checkpoint exists), and a line
     estimating the pending runs' cost from the finished runs of the same configuration
     (training + evaluation seconds, mean over their seeds)."""
-    out, runs = runs_dir(results, profile), grid(profile)
+    out, runs = runs_dir(results, profile), grid(profile) if runs is None else runs
     rows, seconds = [], finished_seconds(profile, results, runs)
     for label, run in runs:
         path = out / run.name
@@ -181,13 +181,14 @@ def dry_run(profile: Profile, results: Path) -> tuple[list[dict], str]:
 
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
               progress: bool | None = None, backend: str = "local",
-              ray_address: str | None = None) -> dict:
+              ray_address: str | None = None,
+              runs: Runs | None = None) -> dict:
     """Run every missing grid point on a backend; return counts of what was done."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = runs_dir(results, profile)
     ensure_writable(out)
-    runs = grid(profile)  # every run of the grid resolved once, here
+    runs = grid(profile) if runs is None else runs  # every run of the grid resolved once
     reused = reuse_finished(profile, results, runs) if profile.reuse else 0
     total = len(runs)
     todo = longest_first(pending(profile, results, runs),

@@ -4,6 +4,45 @@ import pytest
 import torch
 
 
+# A lagging grid small enough for tests: 2 configurations x 2 seeds, MADE decoders, each
+# starting from a pretrained decoder (one per seed).
+LAGGING = """
+[profile]
+description = "lagging grid"
+seeds = [0, 1]
+
+[defaults]
+dataset = "digits"
+dtype = "float64"
+"model.hidden" = [16]
+"model.latent_dim" = 4
+"model.decoder" = "made"
+"model.decoder_hidden" = [16]
+"train.epochs" = {epochs}
+"train.decoder_pretrain_epochs" = 1
+"eval.is_samples" = 10
+
+[[config]]
+label = "vae"
+variant = "vae"
+
+[[config]]
+label = "beta=2"
+variant = "beta"
+beta = 2.0
+"""
+
+
+@pytest.fixture
+def lagging_toml(tmp_path):
+    """``lagging_toml(epochs=2)``: ``LAGGING`` written to ``tmp_path / "lag.toml"``, its path."""
+    def write(epochs: int = 2):
+        path = tmp_path / "lag.toml"
+        path.write_text(LAGGING.format(epochs=epochs))
+        return path
+    return write
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_default_dtype():
     """Tests run on a 2-core CI machine: keep torch to its defaults, restore the dtype after."""

@@ -18,44 +18,24 @@ from bench.runner import execute
 from bench.suite import dry_run, load_profile, run_suite
 from variants.errors import ConfigError
 
-LAGGING = """
-[profile]
-description = "lagging grid"
-seeds = [0, 1]
-
-[defaults]
-dataset = "digits"
-dtype = "float64"
-"model.hidden" = [16]
-"model.latent_dim" = 4
-"model.decoder" = "made"
-"model.decoder_hidden" = [16]
-"train.epochs" = 2
-"train.decoder_pretrain_epochs" = 1
-"eval.is_samples" = 10
-
-[[config]]
-label = "vae"
-variant = "vae"
-
-[[config]]
-label = "beta=2"
-variant = "beta"
-beta = 2.0
-"""
-
 
 def statuses(path: Path) -> list[str]:
     return sorted(json.loads((d / "metrics.json").read_text())["status"]
                   for d in path.iterdir() if not d.name.startswith("."))
 
 
-def test_a_full_disk_then_room_again_ends_with_every_run_ok(tmp_path, monkeypatch):
+def finished_lagging_grid(lagging_toml, tmp_path):
+    """The lagging grid trained in ``tmp_path / "results"``: (its profile, its runs folder)."""
+    profile = load_profile(str(lagging_toml()))
+    run_suite(profile, tmp_path / "results", progress=False)
+    return profile, tmp_path / "results" / "lag" / "runs"
+
+
+def test_a_full_disk_then_room_again_ends_with_every_run_ok(tmp_path, monkeypatch, lagging_toml):
     """The disk fills up while the pretrained decoders' weights are written (torch reports it as
     "unexpected pos"): nothing is recorded as failed; once there is room, a resume finishes
     every run, with no manual deletion."""
-    (tmp_path / "lag.toml").write_text(LAGGING)
-    profile = load_profile(str(tmp_path / "lag.toml"))
+    profile = load_profile(str(lagging_toml()))
     real_save = torch.save
 
     def full_disk(obj, f, *args, **kwargs):
@@ -74,11 +54,8 @@ def test_a_full_disk_then_room_again_ends_with_every_run_ok(tmp_path, monkeypatc
     assert statuses(runs) == ["ok"] * 6
 
 
-def test_old_failed_records_of_a_machine_fault_are_retried(tmp_path):
-    (tmp_path / "lag.toml").write_text(LAGGING)
-    profile = load_profile(str(tmp_path / "lag.toml"))
-    run_suite(profile, tmp_path / "results", progress=False)
-    runs = tmp_path / "results" / "lag" / "runs"
+def test_old_failed_records_of_a_machine_fault_are_retried(tmp_path, lagging_toml):
+    profile, runs = finished_lagging_grid(lagging_toml, tmp_path)
     victim = next(d for d in runs.iterdir() if d.name.startswith("beta"))
     metrics = json.loads((victim / "metrics.json").read_text())
     (victim / "metrics.json").write_text(json.dumps({
@@ -119,11 +96,8 @@ def test_a_damaged_record_is_named_set_aside_and_retrained(tmp_path, capsys, dam
     assert len(list((tmp_path / ".damaged").iterdir())) == 1
 
 
-def test_dry_run_and_report_name_a_damaged_record(tmp_path):
-    (tmp_path / "lag.toml").write_text(LAGGING)
-    profile = load_profile(str(tmp_path / "lag.toml"))
-    run_suite(profile, tmp_path / "results", progress=False)
-    runs = tmp_path / "results" / "lag" / "runs"
+def test_dry_run_and_report_name_a_damaged_record(tmp_path, lagging_toml):
+    profile, runs = finished_lagging_grid(lagging_toml, tmp_path)
     victim = next(d for d in runs.iterdir() if d.name.startswith("vae"))
     (victim / "metrics.json").write_text("{")
     rows, _ = dry_run(profile, tmp_path / "results")

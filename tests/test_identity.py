@@ -85,6 +85,13 @@ def test_a_suite_resolves_each_run_once(tmp_path, counted):
     assert counted == {"validate": 3, "model builds a variant": 0}  # 2 runs, 1 pretrained
 
 
+def test_vae_bench_suite_resolves_each_run_once_for_the_grid_and_its_ais_pass(tmp_path, counted):
+    (tmp_path / "two.toml").write_text(PROFILE)
+    assert main(["suite", "--profile", str(tmp_path / "two.toml"), "--results",
+                 str(tmp_path / "r")]) == 0
+    assert counted == {"validate": 3, "model builds a variant": 0}
+
+
 def test_the_resolved_run_names_the_run_as_its_config_does():
     cfg = config.apply_overrides(config.RunConfig(), {
         "dataset": "digits", "model.decoder": "made", "model.decoder_hidden": "16",

@@ -13,31 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-LAGGING = """
-[profile]
-description = "lagging grid"
-seeds = [0, 1]
 
-[defaults]
-dataset = "digits"
-dtype = "float64"
-"model.hidden" = [16]
-"model.latent_dim" = 4
-"model.decoder" = "made"
-"model.decoder_hidden" = [16]
-"train.epochs" = 2
-"train.decoder_pretrain_epochs" = 1
-"eval.is_samples" = 10
-
-[[config]]
-label = "vae"
-variant = "vae"
-
-[[config]]
-label = "beta=2"
-variant = "beta"
-beta = 2.0
-"""
 
 
 def _as_from_a_terminal() -> None:
@@ -171,10 +147,8 @@ def test_an_error_without_ctrl_c_still_shows_its_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_pool_workers_die_with_a_killed_parent(tmp_path, group_killed_after):
-    (tmp_path / "lag.toml").write_text(LAGGING.replace('"train.epochs" = 2',
-                                                       '"train.epochs" = 400'))
-    proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
+def test_pool_workers_die_with_a_killed_parent(tmp_path, group_killed_after, lagging_toml):
+    proc = cli("suite", "--profile", str(lagging_toml(epochs=400)), "--jobs", "2", "--results",
                str(tmp_path / "r"))
     group_killed_after.append(proc)
     children = children_of(proc, 2)
@@ -186,10 +160,8 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path, group_killed_after):
 
 @pytest.mark.slow
 def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(
-        tmp_path, group_killed_after):
-    (tmp_path / "lag.toml").write_text(LAGGING.replace('"train.epochs" = 2',
-                                                       '"train.epochs" = 400'))
-    proc = cli("suite", "--profile", str(tmp_path / "lag.toml"), "--jobs", "2", "--results",
+        tmp_path, group_killed_after, lagging_toml):
+    proc = cli("suite", "--profile", str(lagging_toml(epochs=400)), "--jobs", "2", "--results",
                str(tmp_path / "r"))
     group_killed_after.append(proc)
     children = children_of(proc, 3)  # the resource tracker and two workers
