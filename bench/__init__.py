@@ -1,9 +1,9 @@
 """vae-bench harness: configuration, data, training, metrics, results and reports.
 
-Importing it first decides the process's numerics mode, before torch loads (``bench.numerics``).
+Importing it first decides the process's numerics mode, before torch loads (``bench.machine.numerics``).
 """
 
-from . import numerics as _numerics
+from .machine import numerics as _numerics
 
 try:
     _numerics.prepare()

@@ -36,8 +36,8 @@ def _positive_int(text: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import RunConfig, apply_overrides, merge_overrides
+    from .grid.runner import execute
     from .identity import resolve_run
-    from .runner import execute
 
     pairs = [("variant", args.variant), ("dataset", args.dataset), ("seed", args.seed)]
     set_keys = {k for k, _ in args.set or []}
@@ -62,12 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .runner import evaluate_run
+    from .grid.runner import evaluate_run
 
     ais = {"steps": args.ais_steps, "chains": args.ais_chains, "leapfrog": args.ais_leapfrog,
            "start": args.ais_start, "points": args.ais_points, "bdmc": args.bdmc}
     if args.ais or any(v is not None for v in ais.values()):
-        from .attached import evaluate_ais
+        from .grid.attached import evaluate_ais
 
         if args.k is not None or args.svae_tf_ll:
             raise ConfigError("--ais evaluates with the run's own K; allowed: --ais without --k "
@@ -83,8 +83,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .attached import attach_all, pending_records
-    from .suite import dry_run, grid, load_profile, run_suite, with_variants
+    from .grid.attached import attach_all, pending_records
+    from .grid.suite import dry_run, grid, load_profile, run_suite, with_variants
 
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
     runs = grid(profile)  # every run resolved once, for the grid and its AIS records
@@ -111,8 +111,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .grid.suite import load_profile, with_variants
     from .report import write_report
-    from .suite import load_profile, with_variants
 
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
     for path in write_report(profile, Path(args.results), Path(args.reports)):
@@ -123,11 +123,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .compare import verdict
     from .report import largest_differences
+    from .report.compare import verdict
 
     frames = []
     for path in (args.fresh, args.committed):
+        if Path(path).exists() and not Path(path).is_file():  # a directory, FIFO or device
+            raise ConfigError(f"{path}: not a regular file; expected results/PROFILE/summary.csv")
         try:
             frames.append(pd.read_csv(path))
         except (OSError, ValueError, UnicodeDecodeError) as e:  # missing, empty, binary
@@ -136,13 +138,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               "results/PROFILE/summary.csv") from None
     baseline = args.baseline
     if baseline is None and args.profile:
-        from .suite import load_profile
+        from .grid.suite import load_profile
 
         baseline = load_profile(args.profile).baseline
     try:
         result = verdict(*frames, baseline or "")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    except ValueError as e:  # the messages say "the fresh/committed summary": name the file
+        msg = str(e).replace("the fresh summary", str(args.fresh), 1)
+        raise ConfigError(msg.replace("the committed summary", str(args.committed), 1)) from None
     if result.level != 1 and result.name != "nothing matched":
         print(largest_differences(*frames, args.top))
     print(result.text())
@@ -155,8 +158,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .config import SUITE_VERSION
+    from .grid.suite import load_profile, run_suite
     from .report import regression_frame, summarize
-    from .suite import load_profile, run_suite
 
     target = Path(args.output or f"results/reference/{args.profile}.csv")
     if target.exists():
@@ -175,8 +178,8 @@ def cmd_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    from .model import check_device
     from .throughput import format_table, run_all
+    from .training.model import check_device
 
     check_device(args.device)
     if args.variant:
@@ -215,7 +218,7 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import LOADERS, DataError, available_source, data_dir
+    from .data.builtin import LOADERS, DataError, available_source, data_dir
 
     root = data_dir(args.data_dir)
     for name in LOADERS:
@@ -255,9 +258,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=_positive_int, help="importance samples (default: the run's)")
     e.add_argument("--svae-tf-ll", type=_positive_int, metavar="N",
                    help="also Davidson et al. 2018's code's 'LL' with N samples (log p(x|z) of "
-                        "one sample; bench.metrics.svae_tf_ll_points), to read their Table 1")
+                        "one sample; bench.evaluation.metrics.svae_tf_ll_points), to read their Table 1")
     e.add_argument("--ais", action="store_true",
-                   help="annealed importance sampling (bench.ais) on a fixed subset of test "
+                   help="annealed importance sampling (bench.evaluation.ais) on a fixed subset of test "
                         "points with the run's eval.ais_* settings or those below; written "
                         "beside metrics.json as ais-*.json (computed once: an existing record "
                         "with the same settings is shown)")
@@ -345,15 +348,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .allocator import tune
-    from .interrupt import CtrlC, interrupted
+    from .machine.allocator import tune
+    from .machine.interrupt import CtrlC, interrupted
 
     ctrl_c = CtrlC()
     try:
         with ctrl_c:
             tune()
             args = parser().parse_args(argv)
-            from . import numerics
+            from .machine import numerics
 
             try:
                 numerics.prepare()

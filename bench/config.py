@@ -101,7 +101,7 @@ class TrainConfig:
     stop_patience: int = fld(0, "early stopping: stop once train.monitor has gone this many "
                              "epochs without a new best (Davidson et al. 2018: 50); 0: off. With "
                              "it or train.lr_decay_patience, train.epochs is the cap and the "
-                             "best-on-validation weights are evaluated (bench/convergence.py)",
+                             "best-on-validation weights are evaluated (bench/training/convergence.py)",
                              low=0)
     lr_decay_patience: int = fld(0, "learning-rate decay on plateau as He et al. 2019's image "
                                  "script: after this many epochs worse than the best, lr x "
@@ -128,7 +128,7 @@ class EvalConfig:
     test_points: int = fld(0, "evaluate on the first N >= 2 points of the test split (0: all of "
                            "it; one point has no standard error)",
                            low=0)
-    # AIS (bench.ais): an evaluation attached to a finished run, its own ais-*.json record
+    # AIS (bench.evaluation.ais): an evaluation attached to a finished run, its own ais-*.json record
     ais_points: int = fld(0, "AIS on a seeded subset of N test points (suite; 0: none)", low=0)
     ais_steps: int = fld(500, "AIS: T, intermediate distributions (sigmoid schedule)", low=1)
     ais_chains: int = fld(16, "AIS: chains per point (Wu et al. 2017: 16)", low=1)
@@ -150,7 +150,7 @@ class RunConfig:
     deterministic: bool = fld(False, "torch deterministic algorithms (recorded in env.json)")
     numerics: str = fld("portable", "portable: CPU kernels chosen so that another x86-64 CPU with "
                         "AVX2 gives the same bits (MKL's AVX2 reproducibility branch, ATen's AVX2 "
-                        "kernels, no oneDNN, a fixed thread count; bench/numerics.py); native: "
+                        "kernels, no oneDNN, a fixed thread count; bench/machine/numerics.py); native: "
                         "whatever this CPU dispatches", choices=("portable", "native"))
     hparams: dict = field(default_factory=dict, metadata={"doc": "variant hyperparameters"})
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -177,6 +177,21 @@ def _parse(section: Any, key: str, name: str, value: Any) -> Any:
     if "widths" in meta:
         return _parse_widths(key, value)
     return meta["param"].parse("config", key, value)
+
+
+def check_fields(cfg: RunConfig) -> None:
+    """ConfigError, naming the key, unless every key of ``cfg`` holds a value its parser accepts
+    (type and range): for a config read back from a record (a config.json edited by hand), which
+    did not come through ``apply_overrides``."""
+    for section, obj in [(None, cfg), *((s, getattr(cfg, s)) for s in SECTIONS)]:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None or not ({"widths", "param"} & set(f.metadata)):
+                continue
+            key = f"{section}.{f.name}" if section else f.name
+            if _parse(type(obj), key, f.name, value) != value:  # a number given as a word
+                allowed = f.metadata["param"].allowed() if "param" in f.metadata else "widths"
+                raise ConfigError(f"{key}={value!r} is invalid; allowed: {allowed}")
 
 
 def _locate(key: str, variant_params: dict[str, Param]) -> tuple[str | None, str]:
@@ -263,10 +278,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig):
     """(the resolved config, the variant object built from it): every check a run's config
     passes before anything trains, done once per run (``bench.identity.resolve_run``)."""
-    from . import datasets
+    from . import data
 
-    datasets.check(cfg.dataset)
-    dataset_defaults = datasets.model_defaults(cfg.dataset)
+    data.check(cfg.dataset)
+    dataset_defaults = data.model_defaults(cfg.dataset)
     model = cfg.model
     if model.decoder_hidden is None:
         dec = dataset_defaults.get("decoder_hidden", tuple(model.hidden)[::-1])
@@ -293,7 +308,7 @@ def validate(cfg: RunConfig):
         check_two_layers(variant, model.latent_dim)
     train = cfg.train
     if train.validation_size < 0:
-        train = dataclasses.replace(train, validation_size=datasets.validation_size(cfg.dataset))
+        train = dataclasses.replace(train, validation_size=data.validation_size(cfg.dataset))
     if cfg.eval.test_points == 1:
         raise ConfigError("eval.test_points=1 is invalid; allowed: 0 (the whole test split) or "
                           ">= 2 (a standard error needs two points)")
@@ -303,7 +318,7 @@ def validate(cfg: RunConfig):
     if train.max_decays and not train.lr_decay_patience:
         raise ConfigError("train.max_decays is set but no decay happens; allowed: with "
                           "train.lr_decay_patience > 0")
-    if model.obs_var and datasets.likelihood(cfg.dataset) != "gaussian":
+    if model.obs_var and data.likelihood(cfg.dataset) != "gaussian":
         raise ConfigError(f"model.obs_var={model.obs_var:g} needs a Gaussian likelihood; "
                           "allowed datasets: linear-gaussian, mnist-grey")
     if model.posterior_scale != "exp" and (model.latent2_dim or variant.latent(1).param_size
@@ -311,15 +326,15 @@ def validate(cfg: RunConfig):
         raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
                           f"allowed for variant {cfg.variant!r}"
                           f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
-    from .datafile import image_shape
+    from .data.npz import image_shape
 
-    shape = datasets.point_shape(cfg.dataset)
+    shape = data.point_shape(cfg.dataset)
     image = image_shape(shape)
     if model.decoder == "pixelcnn" and image and model.pixelcnn_kernel > 2 * max(image) - 1:
         raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is larger than the "
                           f"{image[0]}x{image[1]} image can use; allowed: an odd int <= "
                           f"{2 * max(image) - 1}")
-    from .budget import check as check_memory
+    from .machine.budget import check as check_memory
 
     check_memory(dataclasses.replace(cfg, model=model, train=train), variant,
                  math.prod(shape), image)

@@ -27,7 +27,7 @@ from variants.errors import ConfigError
 from variants.factory import build_vae
 
 from .config import RunConfig, apply_overrides
-from .runner import TIMINGS, execute
+from .grid.runner import TIMINGS, execute
 
 #: the tiny run of the checks: digits, float64, 2 epochs of a 32-unit model
 TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidden": "32",

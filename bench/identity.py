@@ -18,7 +18,7 @@ from pathlib import Path
 
 from variants.base import Variant
 
-from . import config, datasets
+from . import config, data
 from .config import SUITE_VERSION, EvalConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 
 __all__ = ["HASHED_ONLY_WHEN_SET", "NOT_HASHED", "ResolvedRun", "checkpoint_dir",
@@ -63,7 +63,7 @@ def run_name(cfg: RunConfig) -> str:
 
 def _name(cfg: RunConfig, rid: str) -> str:
     variant = cfg.variant.replace(":", ".")
-    dataset = Path(cfg.dataset).stem if datasets.digest(cfg.dataset) else cfg.dataset
+    dataset = Path(cfg.dataset).stem if data.digest(cfg.dataset) else cfg.dataset
     return f"{variant}-{dataset}-s{cfg.seed}-{rid}"
 
 
@@ -109,7 +109,7 @@ HASHED_ONLY_WHEN_SET = (
                              "obs_var")))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"), *(("eval", f.name) for f in dataclasses.fields(
-    EvalConfig) if f.name.startswith(("ais_", "bdmc_"))))  # attached evaluations (bench.attached)
+    EvalConfig) if f.name.startswith(("ais_", "bdmc_"))))  # attached evaluations (bench.grid.attached)
 
 
 def variant_source(name: str) -> dict | None:
@@ -136,8 +136,8 @@ def run_id(cfg: RunConfig, pretrained_id: str | None = _PRETRAINED,  # type: ign
     for key, param in params.items():  # the same for variant parameters
         if param.late and d["hparams"].get(key) == param.default:
             del d["hparams"][key]
-    if datasets.digest(cfg.dataset):  # a dataset file: its contents are part of the run's id
-        d["dataset_sha256"] = datasets.digest(cfg.dataset)
+    if data.digest(cfg.dataset):  # a dataset file: its contents are part of the run's id
+        d["dataset_sha256"] = data.digest(cfg.dataset)
     outside = variant_source(cfg.variant)
     if outside:  # a variant from outside the package: its source is part of the run's identity
         d["variant_sha256"] = outside["sha256"]

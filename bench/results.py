@@ -88,7 +88,7 @@ def environment(device: str, deterministic: dict, digests: dict) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": device,
-        # which machine and worker made the record: a Ray task names its node (bench.backends)
+        # which machine and worker made the record: a Ray task names its node (bench.grid.backends)
         "host": platform.node(),
         "executor": os.environ.get("VAE_BENCH_EXECUTOR", "local"),
         "cuda_device": torch.cuda.get_device_name() if device == "cuda" else None,

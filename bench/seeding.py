@@ -30,7 +30,7 @@ def generator(seed: int, *names: str | int, device: str | torch.device = "cpu") 
 class Streams:
     """The training streams of one run: data order, binarization, z-noise. (Parameter init draws
     from the global generator seeded with ``derive(seed, "init")`` inside ``fork_rng``, because
-    nn.Linear initializes from it; see ``bench.model.build_model``.)"""
+    nn.Linear initializes from it; see ``bench.training.model.build_model``.)"""
 
     data: torch.Generator
     binarize: torch.Generator

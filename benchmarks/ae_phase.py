@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.config import apply_overrides, resolve  # noqa: E402
-from bench.profile import grid, load_profile  # noqa: E402
-from bench.runner import execute, load_run  # noqa: E402
+from bench.grid.profile import grid, load_profile  # noqa: E402
+from bench.grid.runner import execute, load_run  # noqa: E402
 
 
 def the_config(seed: int):

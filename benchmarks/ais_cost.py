@@ -1,4 +1,4 @@
-"""What AIS costs (bench/ais.py), on the default profile's two model architectures.
+"""What AIS costs (bench/evaluation/ais.py), on the default profile's two model architectures.
 
 Seconds per test point of AIS with 16 chains and 10 leapfrog steps, at T = 100 and T = 1000
 intermediate distributions (the tuning pilot included), for the default profile's `vae` with
@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402,F401  (sets the numerics mode before torch loads)
-from bench import ais, numerics  # noqa: E402
-from bench.metrics import encode, nll_is_points  # noqa: E402
+from bench.evaluation import ais  # noqa: E402
+from bench.evaluation.metrics import encode, nll_is_points  # noqa: E402
+from bench.machine import numerics  # noqa: E402
 from bench.results import cpu_model  # noqa: E402
 
 MODELS = {

@@ -1,4 +1,4 @@
-"""What portable numerics cost against native (bench/numerics.py), on the default profile's models.
+"""What portable numerics cost against native (bench/machine/numerics.py), on the default profile's models.
 
 The mode of a process is fixed when torch loads, so one driver process alternates fresh child
 processes, portable and native in turn, ``--rounds`` times; each child times the same work: 200
@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 CHILD = r"""
 import json, time
 import bench
-from bench import numerics
+from bench.machine import numerics
 import torch
-from bench.metrics import evaluate
-from bench.train import make_optimizer, train_step
+from bench.evaluation.metrics import evaluate
+from bench.training.trainer import make_optimizer, train_step
 from variants import create
 from variants.factory import build_vae
 
@@ -61,7 +61,7 @@ print(json.dumps(out))
 
 
 def child(mode: str) -> dict:
-    from bench import numerics
+    from bench.machine import numerics
 
     env = numerics.environment_for(mode)
     res = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True,

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import variants
-from bench.metrics import encode, nll_is_points
+from bench.evaluation.metrics import encode, nll_is_points
 from bench.throughput import HandWrittenVAE
-from bench.train import make_optimizer, train_step
+from bench.training.trainer import make_optimizer, train_step
 from variants.core import VAE
 from variants.factory import build_vae
 from variants.latents import GaussianLatent

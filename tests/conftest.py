@@ -1,5 +1,5 @@
 # ruff: noqa: I001  (the import order matters: bench before torch)
-import bench  # noqa: F401  first: it sets the numerics mode before torch loads (bench.numerics)
+import bench  # noqa: F401  first: it sets the numerics mode before torch loads (bench.machine.numerics)
 import pytest
 import torch
 
@@ -58,9 +58,9 @@ class StoppedAfterCheckpoint(Exception):
 
 @pytest.fixture
 def stop_after_checkpoint(monkeypatch):
-    """``stop_after_checkpoint(epoch)``: from then on, a run (``bench.runner.execute``) stops
+    """``stop_after_checkpoint(epoch)``: from then on, a run (``bench.grid.runner.execute``) stops
     with ``StoppedAfterCheckpoint`` right after writing its checkpoint of ``epoch``."""
-    from bench import runner
+    from bench.grid import runner
 
     real_fit = runner.fit
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_metrics import linear_gaussian_model
 
-from bench import ais, metrics, quadrature
 from bench.cli import main
+from bench.evaluation import ais, metrics, quadrature
 from variants.core import VAE
 from variants.latents import CategoricalLatent, GaussianLatent
 
@@ -124,7 +124,7 @@ def test_quadrature_equals_the_closed_form(d):
 def small_2d_model():
     """A Bernoulli VAE with a 2-d latent, trained briefly on digits (posteriors narrow and not
     Gaussian: what quadrature is for)."""
-    from bench.data import load
+    from bench.data.builtin import load
 
     torch.manual_seed(0)
     data = load("digits")

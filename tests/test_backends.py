@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from bench.backends import check_ray_address, run_one
 from bench.config import RunConfig, apply_overrides, resolve
+from bench.grid.backends import check_ray_address, run_one
 from bench.identity import resolve_run
 from variants.errors import ConfigError
 
@@ -22,7 +22,7 @@ def test_portable_runs_keep_their_thread_count_on_every_backend(tmp_path, monkey
                                                 "eval.is_samples": 5}))
     assert cfg.numerics == "portable"
     assert run_one(cfg, tmp_path, None, 1) == "ok"  # 1: what a Ray task asks for
-    from bench.numerics import PORTABLE_THREADS
+    from bench.machine.numerics import PORTABLE_THREADS
     assert calls and set(calls) == {PORTABLE_THREADS}  # the mode's count, not the backend's
 
 
@@ -41,7 +41,7 @@ def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_pa
     stand-in that reports such a cluster)."""
     import types
 
-    from bench.backends import _ray
+    from bench.grid.backends import _ray
 
     submitted = []
     fake = types.SimpleNamespace(

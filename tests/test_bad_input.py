@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
 from bench.cli import main
+from bench.data import builtin as data
 
 SMALL = ["--epochs", "1", "--k", "5", "--set", "model.hidden=8", "--set", "model.latent_dim=2"]
 

@@ -139,8 +139,8 @@ def test_data_dir_is_accepted_before_and_after_the_subcommand(capsys, tmp_path):
 
 def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, tmp_path):
     from bench.config import to_dict
+    from bench.grid.suite import grid, load_profile, runs_dir
     from bench.identity import run_name
-    from bench.suite import grid, load_profile, runs_dir
 
     profile = load_profile("smoke")
     points = grid(profile)
@@ -168,3 +168,24 @@ def test_environment_names_the_cpu_and_the_math_libraries(digits_run):
     env = json.loads((digits_run / "env.json").read_text())
     assert env["cpu_model"] and env["torch_blas"] and env["numpy_blas"]
     assert any("OpenMP" in x or "backend" in x for x in env["torch_parallel"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"model": {"hidden": [1000000000]}}, "needs an estimated"),
+    ({"model": {"latent_dim": "many"}}, "config.json"),
+    ({"train": {"batch_size": -3}}, "batch_size"),
+])
+def test_evaluate_checks_an_edited_config_json_in_one_line(digits_run, tmp_path, edit, message):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(digits_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    for section, values in edit.items():
+        cfg[section].update(values)
+    (run / "config.json").write_text(json.dumps(cfg))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    proc = vae_bench("evaluate", str(run), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "config.json" in proc.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written

@@ -1,4 +1,4 @@
-"""Lucas et al. 2019's linear-VAE collapse law: the closed form (bench.ppca) against a direct
+"""Lucas et al. 2019's linear-VAE collapse law: the closed form (bench.evaluation.ppca) against a direct
 computation, and trained linear VAEs against it on a planted spectrum (the linear-gaussian
 data: eigenvalues 45.9, 35.9, 24.7, 13.2, 9.2, then ~0.27)."""
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from bench import data, ppca
 from bench.config import RunConfig, apply_overrides
-from bench.runner import execute
+from bench.data import builtin as data
+from bench.evaluation import ppca
+from bench.grid.runner import execute
 
 
 def test_the_closed_form_is_the_ppca_maximum_likelihood():

@@ -1,4 +1,4 @@
-"""`vae-bench compare`: a verdict in levels with an exit code (bench/compare.py)."""
+"""`vae-bench compare`: a verdict in levels with an exit code (bench/report/compare.py)."""
 
 import subprocess
 import sys
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from bench.compare import RANGE_FLOOR, conclusions, verdict
+from bench.report.compare import RANGE_FLOOR, conclusions, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +92,66 @@ def test_cli_verdict_exit_codes_and_one_line_when_nothing_matched(tmp_path):
     empty.write_text("")
     bad = cli(empty, a)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "empty.csv" in bad.stderr
+
+
+def test_a_baseline_the_summary_lacks_is_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"baseline 'vea' is not a configuration .*allowed: "
+                                         r"vae, good, null"):
+        verdict(summary(seed_noise=1e-6), summary(), "vea")
+
+
+def test_a_baseline_with_no_checkable_conclusion_is_refused():
+    def baseline_failed(frame):
+        frame = frame.copy()
+        rows = frame["label"].str.endswith("/ vae")
+        frame.loc[rows, "status"] = "failed"
+        frame.loc[rows, ["nll_is", "neg_elbo", "kl", "mutual_info"]] = np.nan
+        return frame
+
+    fresh, committed = baseline_failed(summary(seed_noise=1e-6)), baseline_failed(summary())
+    with pytest.raises(ValueError, match="no paired conclusion against 'vae' can be checked"):
+        verdict(fresh, committed, "vae")
+    assert verdict(fresh, committed).level == 2  # without a baseline: the seed ranges only
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: pd.concat([f, f.iloc[[4]]], ignore_index=True),
+     r"line 20 \('mlp / good', seed 1\): a second row"),
+    (lambda f: f.astype({"nll_is": object}).pipe(_set, 2, "nll_is", "abc"),
+     r"line 4 .*'nll_is' is 'abc'"),
+    (lambda f: f.astype({"nll_is": object}).pipe(_set, 2, "nll_is", True),
+     r"line 4 .*'nll_is' is True"),
+    (lambda f: _set(f, 5, "kl", np.nan), r"line 7 \('mlp / good', seed 2\): column 'kl' is nan"),
+    (lambda f: _set(f, 0, "mutual_info", np.inf), r"line 2 .*'mutual_info' is inf"),
+    (lambda f: f.assign(seed=f["seed"].astype(object)).pipe(_set, 1, "seed", "one"),
+     r"line 3 .*column 'seed' is 'one', not an integer"),
+])
+def test_a_summary_compare_cannot_trust_is_refused_naming_line_and_column(damage, message):
+    with pytest.raises(ValueError, match=message):
+        verdict(damage(summary()), summary(), "vae")
+
+
+def test_a_failed_run_may_have_empty_metrics():
+    fresh = _set(_set(summary(), 3, "status", "failed"), 3, "nll_is", np.nan)
+    committed = _set(_set(summary(), 3, "status", "failed"), 3, "nll_is", np.nan)
+    assert verdict(fresh, committed, "vae").level == 1
+
+
+def _set(frame: pd.DataFrame, row: int, col: str, value) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.at[row, col] = value
+    return frame
+
+
+def test_cli_refuses_a_mistyped_baseline_a_directory_and_a_fifo_in_one_line(tmp_path):
+    import os
+
+    a = tmp_path / "a.csv"
+    summary().to_csv(a, index=False)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for args in ([a, a, "--baseline", "vea"], [tmp_path, a], [a, fifo]):
+        out = subprocess.run([sys.executable, "-m", "bench.cli", "compare", *map(str, args)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (args, out.stderr)
+        assert "Traceback" not in out.stderr and out.stdout == ""

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import StoppedAfterCheckpoint
 
-from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
-from bench.convergence import Convergence
+from bench.grid.runner import execute
 from bench.identity import checkpoint_dir, run_name
-from bench.runner import execute
+from bench.training.checkpoints import Checkpoints
+from bench.training.convergence import Convergence
 from variants.errors import ConfigError
 
 TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "16", "model.latent_dim": 4,
@@ -130,8 +130,8 @@ def test_an_early_stopped_run_killed_after_a_checkpoint_resumes_to_identical_num
 
 
 def test_the_report_marks_runs_converged_or_capped(tmp_path):
+    from bench.grid.suite import load_profile, run_suite
     from bench.report import write_report
-    from bench.suite import load_profile, run_suite
 
     (tmp_path / "conv.toml").write_text("""
 [profile]
@@ -210,9 +210,9 @@ def test_val_loss_is_the_variants_own_objective_on_the_validation_split():
     """Closed form: with the same noise, beta-VAE's objective is recon + beta * KL with the
     analytic KL, so the validation losses at beta = 1 and beta = 0.5 differ by exactly half the
     validation KL of the diagnostics (which needs no noise)."""
-    from bench.metrics import validation_diagnostics, validation_loss
-    from bench.model import build_model
-    from bench.runner import load_dataset
+    from bench.evaluation.metrics import validation_diagnostics, validation_loss
+    from bench.grid.runner import load_dataset
+    from bench.training.model import build_model
 
     cfg = resolve(apply_overrides(RunConfig(), {**TINY, "variant": "beta", "beta": 1.0}))
     dataset = load_dataset(cfg, None)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.config import RunConfig, apply_overrides
-from bench.metrics import evaluate
-from bench.runner import execute, load_run
+from bench.evaluation.metrics import evaluate
+from bench.grid.runner import execute, load_run
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
                                                    reason="needs a CUDA device; none here")]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import data
-from bench.data import DataError, read_idx, write_idx
+from bench.data import builtin as data
+from bench.data.builtin import DataError, read_idx, write_idx
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])

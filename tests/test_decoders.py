@@ -14,12 +14,12 @@ from torch.distributions import Bernoulli
 
 import variants
 from bench.config import RunConfig, apply_overrides, resolve
-from bench.data import hold_out, load
+from bench.data.builtin import hold_out, load
+from bench.grid.runner import execute, load_dataset
+from bench.grid.suite import grid, load_profile, run_suite
 from bench.identity import pretrain_config, run_name
-from bench.model import build_model
 from bench.report import regression_frame, summarize
-from bench.runner import execute, load_dataset
-from bench.suite import grid, load_profile, run_suite
+from bench.training.model import build_model
 from variants.core import VAE
 from variants.decoders import MADEDecoder, PixelCNNDecoder, made_masks
 from variants.latents import GaussianLatent

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from bench import results
-from bench.backends import transient
-from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
+from bench.grid.backends import transient
+from bench.grid.runner import execute
+from bench.grid.suite import dry_run, load_profile, run_suite
 from bench.identity import checkpoint_dir, run_name
 from bench.report import summarize
-from bench.runner import execute
-from bench.suite import dry_run, load_profile, run_suite
+from bench.training.checkpoints import Checkpoints
 from variants.errors import ConfigError
 
 
@@ -117,7 +117,7 @@ def test_a_foreign_checkpoint_is_skipped_in_one_line(tmp_path, capsys):
     other = resolve(apply_overrides(RunConfig(), {**over, "model.latent_dim": 6}))
     folder = checkpoint_dir(tmp_path / "part" / run_name(cfg))
     # a snapshot of another model (another code version's, or another run's) in its place
-    from bench import train
+    from bench.training import trainer as train
     real = train.fit
     saved = {}
 
@@ -125,7 +125,7 @@ def test_a_foreign_checkpoint_is_skipped_in_one_line(tmp_path, capsys):
         kwargs["checkpoints"].save = lambda e, st: saved.setdefault(e, st)
         return real(*args, **kwargs)
 
-    import bench.runner as runner
+    import bench.grid.runner as runner
     runner.fit = keep_first
     try:
         execute(apply_overrides(other, {"train.checkpoint_every": 1}), tmp_path / "other")

@@ -16,7 +16,7 @@ import torch
 
 from bench.config import SUITE_VERSION, RunConfig, apply_overrides, to_dict
 from bench.identity import HASHED_ONLY_WHEN_SET, NOT_HASHED, run_id
-from bench.train import compile_model, make_optimizer, train_step
+from bench.training.trainer import compile_model, make_optimizer, train_step
 from variants import create
 from variants.factory import build_vae
 

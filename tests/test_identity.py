@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench import config, model
+from bench import config
 from bench.cli import main
+from bench.grid.suite import load_profile, run_suite
 from bench.identity import resolve_run, run_id, run_name
-from bench.suite import load_profile, run_suite
+from bench.training import model
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--set", "dtype=float64",
         "--set", "model.hidden=8", "--set", "model.latent_dim=2", "--set", "eval.is_samples=5",
@@ -47,7 +48,7 @@ beta = 0.5
 @pytest.fixture
 def counted(monkeypatch):
     """How often a config is validated (``config.validate``) and a variant built by the model
-    factory from its name (``bench.model.create_variant``) while a test runs."""
+    factory from its name (``bench.training.model.create_variant``) while a test runs."""
     calls = {"validate": 0, "model builds a variant": 0}
     validate, create = config.validate, model.create_variant
 

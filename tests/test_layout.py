@@ -76,9 +76,9 @@ def test_the_cycle_finder_finds_a_loop_and_passes_a_tree():
 def test_relative_imports_resolve_to_project_modules():
     modules = _modules()
     graph = {m: _imports(m, p, modules) for m, p in modules.items()}
-    assert "bench.suite" in graph["bench.report.records"]  # from ..suite import ...
+    assert "bench.grid.suite" in graph["bench.report.records"]  # from ..suite import ...
     assert "variants.decoders.made" in graph["variants.decoders"]  # from .made import ...
-    assert "variants.core" in graph["bench.runner"] or "variants.factory" in graph["bench.runner"]
+    assert "variants.core" in graph["bench.grid.runner"] or "variants.factory" in graph["bench.grid.runner"]
 
 
 def test_no_module_imports_itself_around_a_loop():
@@ -92,3 +92,34 @@ def test_no_module_imports_itself_around_a_loop():
 def test_every_module_holds_one_idea(name):
     lines = len(_modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines (split it: one idea per module)"
+
+
+#: bench's layers, lowest first: a module may import its own layer and those below it, never one
+#: above (``bench.cli`` and ``bench.contract`` sit on top of everything).
+LAYERS = (
+    ("bench.machine", "bench.seeding", "bench.results"),
+    ("bench.data", "bench.config", "bench.keys", "bench.identity"),
+    ("bench.training", "bench.evaluation"),
+    ("bench.grid", "bench.throughput"),
+    ("bench.report",),
+    ("bench.cli", "bench.contract"),
+)
+
+
+def _layer(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def test_every_harness_module_has_a_layer():
+    assert [m for m in _modules() if m.startswith("bench.") and _layer(m) is None] == []
+
+
+def test_no_layer_imports_one_above_it():
+    modules = _modules()
+    upward = [(m, dep) for m, p in modules.items() if m.startswith("bench.")
+              for dep in _imports(m, p, modules)
+              if dep.startswith("bench.") and _layer(dep) > _layer(m)]
+    assert upward == [], f"imports that reach a higher layer: {upward}"

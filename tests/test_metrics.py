@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from bench import metrics
+from bench.evaluation import metrics
 from variants import decoders
 from variants.core import VAE
 from variants.latents import GaussianLatent, GaussianPosterior
@@ -167,7 +167,7 @@ def test_mutual_info_gaussian_closed_form():
 @pytest.fixture(scope="module")
 def trained_linear_gaussian(tmp_path_factory):
     from bench.config import RunConfig, apply_overrides
-    from bench.runner import execute
+    from bench.grid.runner import execute
 
     cfg = apply_overrides(RunConfig(), {"dataset": "linear-gaussian", "dtype": "float64",
                                         "train.epochs": 30, "model.hidden": "64",
@@ -251,7 +251,7 @@ def test_softplus_sum_by_products_of_sigmoids(d):
 
 
 def test_inference_decoder_follows_weight_updates():
-    from bench.train import make_optimizer
+    from bench.training.trainer import make_optimizer
 
     # The folded weights are cached; an optimizer step or load_state_dict must invalidate them.
     torch.manual_seed(2)

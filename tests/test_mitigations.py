@@ -10,11 +10,11 @@ import torch
 
 import variants
 from bench.config import RunConfig, TrainConfig, apply_overrides, from_dict, resolve
+from bench.grid.runner import execute, load_dataset
 from bench.identity import run_id
-from bench.model import build_model
-from bench.runner import execute, load_dataset
 from bench.seeding import Streams
-from bench.train import Trainer, fit
+from bench.training.model import build_model
+from bench.training.trainer import Trainer, fit
 from variants.aggressive import InnerStop, MIPatience
 from variants.core import VAE
 from variants.delta_vae import variance_interval

@@ -1,4 +1,4 @@
-"""Portable numerics (bench/numerics.py): another CPU, simulated on this one, gives the same bits.
+"""Portable numerics (bench/machine/numerics.py): another CPU, simulated on this one, gives the same bits.
 
 "Another CPU" is this one with MKL, oneDNN and ATen limited to AVX2 and one thread, each set in
 the environment of a fresh process before torch loads, as an AVX2 machine with one core would
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import numerics
+from bench.machine import numerics
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_CPU = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
@@ -34,12 +34,12 @@ OTHER_CPU = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
 PROBE = r"""
 import json, sys
 import bench  # the numerics mode first, before torch loads
-from bench import numerics
+from bench.machine import numerics
 import torch
 from bench.config import TrainConfig
-from bench.metrics import evaluate
+from bench.evaluation.metrics import evaluate
 from bench.seeding import Streams
-from bench.train import fit
+from bench.training.trainer import fit
 from variants import create
 from variants.factory import build_vae
 

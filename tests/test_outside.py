@@ -13,10 +13,10 @@ import variants
 from bench.cli import main
 from bench.config import RunConfig, apply_overrides, resolve
 from bench.contract import ContractError, check_variant
+from bench.grid.runner import execute, load_dataset
+from bench.grid.suite import load_profile, run_suite, with_variants
 from bench.identity import run_id, run_name
 from bench.report import summarize
-from bench.runner import execute, load_dataset
-from bench.suite import load_profile, run_suite, with_variants
 from variants.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "capacity.py"

@@ -14,12 +14,12 @@ import pytest
 import torch
 from conftest import StoppedAfterCheckpoint
 
-from bench.checkpoints import Checkpoints
 from bench.config import RunConfig, apply_overrides, resolve
+from bench.grid.runner import execute, load_dataset
 from bench.identity import checkpoint_dir, run_name
-from bench.model import build_model
-from bench.runner import execute, load_dataset
-from bench.train import burda_stage, epoch_lr
+from bench.training.checkpoints import Checkpoints
+from bench.training.model import build_model
+from bench.training.trainer import burda_stage, epoch_lr
 
 ROOT = Path(__file__).parents[1]
 TINY = {"dataset": "digits", "dtype": "float64", "model.hidden": "32", "model.latent_dim": 8,
@@ -52,7 +52,7 @@ def test_the_schedule_reaches_the_optimizer_and_the_history(tmp_path):
 
 def test_adam_constants_reach_the_optimizer():
     from bench.seeding import Streams
-    from bench.train import Trainer
+    from bench.training.trainer import Trainer
     from variants.core import VAE
     from variants.latents import GaussianLatent
 
@@ -158,7 +158,7 @@ def test_checkpoints_resume_exactly_in_process(tmp_path, layers, stop_after_chec
         execute(cfg, tmp_path / "part")
     stop_after_checkpoint(0)  # disarmed: no checkpoint has epoch 0
     assert Checkpoints(checkpoint_dir(target), 2).latest()["epoch"] == 4
-    from bench import train
+    from bench.training import trainer as train
 
     firsts, real_restore = [], train.restore
     def spy(*args):
@@ -178,7 +178,7 @@ def test_checkpoints_resume_exactly_in_process(tmp_path, layers, stop_after_chec
 def test_paper_profile_lists_every_row_of_burda_table_1():
     # Burda et al. 2016, Table 1, MNIST: VAE and IWAE, k = 1, 5, 50, one and two stochastic
     # layers - 12 rows, each with its published NLL, all under the same protocol.
-    from bench.suite import grid, load_profile
+    from bench.grid.suite import grid, load_profile
 
     profile = load_profile("paper")
     cells = {}
@@ -214,7 +214,7 @@ def test_the_clip_reaches_every_optimizer_step_of_every_variant(tmp_path, clip):
     the check can fail) some do."""
     import variants
     from bench.config import RunConfig, apply_overrides
-    from bench.runner import execute
+    from bench.grid.runner import execute
 
     norms = []
 

@@ -55,6 +55,58 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(capsys, setting):
     assert "needs an estimated" in err and "VAE_BENCH_MEMORY_CHECK=0" in err
 
 
+def _limits_at(monkeypatch, tmp_path, *, cgroup=None, v1=None, rlimit=None, vmsize=0):
+    """Point the memory check at files of this test: MemAvailable 16 GiB, and the cgroup (v2
+    ``(max, current)`` or v1 ``(limit, usage)``) and ``ulimit -v`` given."""
+    from bench.machine import budget
+
+    gib = 2**30
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "meminfo").write_text(f"MemTotal: {32 * gib // 1024} kB\n"
+                                      f"MemAvailable: {16 * gib // 1024} kB\n")
+    (tmp_path / "status").write_text(f"Name: python\nVmSize: {vmsize // 1024} kB\n")
+    for sub, files, values in (("v2", ("memory.max", "memory.current"), cgroup),
+                               ("v1", ("memory.limit_in_bytes", "memory.usage_in_bytes"), v1)):
+        (tmp_path / sub).mkdir()
+        for name, value in zip(files, values or (), strict=False):
+            (tmp_path / sub / name).write_text(f"{value}\n")
+    monkeypatch.setattr(budget, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(budget, "PROC_STATUS", str(tmp_path / "status"))
+    monkeypatch.setattr(budget, "CGROUP_V2", str(tmp_path / "v2"))
+    monkeypatch.setattr(budget, "CGROUP_V1", str(tmp_path / "v1"))
+    import resource
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (rlimit or resource.RLIM_INFINITY,) * 2)
+    return budget
+
+
+def test_the_memory_check_takes_the_smallest_of_memavailable_the_cgroup_and_ulimit(
+        monkeypatch, tmp_path):
+    gib = 2**30
+    budget = _limits_at(monkeypatch, tmp_path, cgroup=("max", gib))  # v2 without a limit
+    assert budget.limits() == {"available memory": 16 * gib}
+    budget = _limits_at(monkeypatch, tmp_path / "a", cgroup=(4 * gib, 3 * gib))
+    assert budget.limits()["the cgroup's memory limit"] == gib and budget.available_bytes() == gib
+    budget = _limits_at(monkeypatch, tmp_path / "b", v1=(2**63 - 4096, gib))  # v1: no limit
+    assert "the cgroup's memory limit" not in budget.limits()
+    budget = _limits_at(monkeypatch, tmp_path / "c", v1=(8 * gib, 5 * gib), rlimit=6 * gib,
+                        vmsize=4 * gib)
+    assert budget.limits() == {"available memory": 16 * gib, "the cgroup's memory limit":
+                               3 * gib, "the address-space limit (ulimit -v)": 2 * gib}
+    assert budget.available_bytes() == 2 * gib
+
+
+@pytest.mark.parametrize("limit, named", [
+    ({"cgroup": (3 * 2**30, 2**30)}, "the cgroup's memory limit"),
+    ({"rlimit": 2**31, "vmsize": 2**30}, "the address-space limit (ulimit -v)"),
+])
+def test_a_run_over_a_container_or_ulimit_limit_is_refused_naming_it(monkeypatch, tmp_path,
+                                                                      capsys, limit, named):
+    _limits_at(monkeypatch, tmp_path / "l", **limit)
+    # ~1.5 GiB of parameters with Adam's state: under MemAvailable (16 GiB), over the limit
+    err = one_line(["run", "--set", "model.hidden=20000,4000"], capsys)
+    assert "needs an estimated" in err and f"GiB are available ({named})" in err, err
+
+
 def test_a_pixelcnn_kernel_larger_than_the_image_is_refused(capsys):
     err = one_line(["run", "--dataset", "digits", "--set", "model.decoder=pixelcnn", "--set",
                     "model.pixelcnn_kernel=99999"], capsys)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import SUITE_VERSION
+from bench.grid.suite import load_profile, run_suite
 from bench.report import REGRESSION_COLUMNS, regression_frame, summarize
-from bench.suite import load_profile, run_suite
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.csv"
 NATS = {"atol": 1e-6, "rtol": 1e-7}

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from bench.grid.suite import load_profile
 from bench.report import main_table, paired_differences, paired_table, reading, reference_section
-from bench.suite import load_profile
 
 
 def summary(rows):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.grid.suite import load_profile, run_suite
 from bench.report import regression_frame, summarize, write_report
-from bench.suite import load_profile, run_suite
 
 TINY_PROFILE = """
 [profile]
@@ -174,7 +174,7 @@ def test_two_ray_workers_on_a_loopback_cluster_run_each_run_once(tmp_path, unint
     --ray-address`: the runs spread over both nodes (env.json names the node), every run of the
     grid lands exactly once, and the numbers equal the local backend's."""
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    from bench.suite import grid
+    from bench.grid.suite import grid
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = 6950 + os.getpid() % 40
@@ -261,7 +261,7 @@ def test_the_trained_profile_runs_the_default_profiles_configurations():
 def test_the_suite_submits_the_longest_runs_first(tmp_path, monkeypatch):
     """Submission order only (the numbers do not depend on it): runs without an estimate first,
     then by their configuration's mean time from the committed summary, longest first."""
-    import bench.suite as suite
+    import bench.grid.suite as suite
     profile = load_profile(str(write_profile(tmp_path)))
     committed = tmp_path / "committed"
     (committed / "tiny").mkdir(parents=True)

@@ -11,10 +11,10 @@ import torch
 from scipy import integrate
 from scipy.stats import multivariate_normal
 
-from bench import metrics
 from bench.config import RunConfig, apply_overrides, resolve
-from bench.runner import execute
-from bench.train import Trainer
+from bench.evaluation import metrics
+from bench.grid.runner import execute
+from bench.training.trainer import Trainer
 from variants import create
 from variants.errors import ConfigError
 from variants.hierarchy import TwoLayerPosterior, TwoLayerVAE

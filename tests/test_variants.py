@@ -71,8 +71,8 @@ def test_reported_neg_elbo_is_the_unmodified_elbo(name, decoder, tmp_path):
     of -E_q log p(x|z) + KL(q || p) with torch.distributions (within 4 Monte-Carlo SE)."""
     from torch.distributions import Bernoulli, Normal, OneHotCategorical, kl_divergence
 
-    from bench.metrics import evaluate
-    from bench.runner import load_run
+    from bench.evaluation.metrics import evaluate
+    from bench.grid.runner import load_run
     from variants.latents import GaussianLatent
 
     _, path = run(tmp_path, name, decoder)
@@ -174,7 +174,7 @@ def test_gumbel_temperature_schedule():
 def tiny_model_and_data(latent, seed=0):
     torch.manual_seed(seed)
     model = VAE(64, latent, hidden=(32,)).double()
-    from bench.data import load
+    from bench.data.builtin import load
 
     return model, load("digits").test.double()
 
@@ -245,7 +245,7 @@ def test_enumeration_matches_brute_force():
 
 
 def test_gumbel_is_estimate_converges_to_the_enumerated_log_likelihood():
-    from bench import metrics
+    from bench.evaluation import metrics
 
     model, x = tiny_model_and_data(CategoricalLatent(2, 3), seed=3)
     with torch.no_grad():

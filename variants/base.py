@@ -15,13 +15,13 @@ A variant changes one thing by overriding one hook (docs/design.md, section 2, i
 - ``lr_factor(step, total_steps)``: the learning rate's factor over training (default 1);
 - ``train_step(trainer, x)`` and ``epoch_end(trainer, diagnostics)``: the training procedure,
   one step on a minibatch and what happens at an epoch end (default: one step of the loss on
-  every parameter; nothing). ``trainer`` (``bench.train.Trainer``) offers the step counters, the
+  every parameter; nothing). ``trainer`` (``bench.training.trainer.Trainer``) offers the step counters, the
   optimizers by part (model, encoder, decoder; every step clipped at ``train.clip``), fresh
   minibatches, the validation MI by minibatch, the weights (a snapshot, the initial ones, a
   fresh draw); a procedure never builds its own loop;
 - ``check_protocol(train)``: refuse a training protocol the variant cannot work under.
 
-Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.metrics``).
+Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Variant:
     #: not (a Gaussian latent without a posterior head is checked there; this is for the rest)
     two_layers: ClassVar[str | None] = None
     #: optimizer steps per epoch of the run being trained, set by the harness before training
-    #: (``bench.train.fit``): for schedules counted in epochs
+    #: (``bench.training.trainer.fit``): for schedules counted in epochs
     steps_per_epoch: int = 0
 
     def __init__(self, **hparams: object):
@@ -140,7 +140,7 @@ class Variant:
     def warming_up(self, step: int, total_steps: int) -> bool:
         """Whether the objective at ``step`` is still a warm-up toward the run's final one (an
         annealing variant whose KL weight is below 1). The convergence protocol
-        (``bench.convergence``) neither counts such epochs nor keeps their weights as the best:
+        (``bench.training.convergence``) neither counts such epochs nor keeps their weights as the best:
         a warm-up's validation -ELBO may rise while the weight does, without any plateau."""
         return self.anneals and self.kl_weight(step, total_steps) < 1.0
 
@@ -204,7 +204,7 @@ class Variant:
 
     def loss_from_noise(self, model, x: Tensor, noise: Tensor, step: int, total_steps: int):
         """``loss`` given the raw noise of the samples, drawn outside: the model is then called
-        on tensors only, so it can run compiled (the fast mode, ``bench.train.compile_model``;
+        on tensors only, so it can run compiled (the fast mode, ``bench.training.trainer.compile_model``;
         random number generators do not trace)."""
         terms = model(x, noise=noise, **self.sample_options(step, total_steps))
         return self.objective(terms, step, total_steps), terms

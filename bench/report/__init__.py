@@ -14,24 +14,24 @@ from .document import render, write_report
 from .figures import figures, trajectories_figure
 from .paired import PAIRED, paired_differences, paired_table, reading
 from .records import (
-                      PRINTED,
-                      REGRESSION_COLUMNS,
-                      TIMING,
-                      largest_differences,
-                      load_run,
-                      regression_frame,
-                      summarize,
+    PRINTED,
+    REGRESSION_COLUMNS,
+    TIMING,
+    largest_differences,
+    load_run,
+    regression_frame,
+    summarize,
 )
 from .tables import (
-                      MAIN_COLUMNS,
-                      STAGE_COLUMNS,
-                      TITLES,
-                      config_name,
-                      main_table,
-                      markdown,
-                      published_table,
-                      reference_section,
-                      stage_table,
+    MAIN_COLUMNS,
+    STAGE_COLUMNS,
+    TITLES,
+    config_name,
+    main_table,
+    markdown,
+    published_table,
+    reference_section,
+    stage_table,
 )
 from .timing import throughput_section
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..grid.suite import ESTIMATE_PARTS
 from ..results import read_json
-from ..suite import ESTIMATE_PARTS
 from .tables import markdown
 
 PARTS = ("train_seconds", "diagnostics_seconds", "eval_seconds")
@@ -65,7 +65,7 @@ def pretrained_seconds(summary: pd.DataFrame, runs: Path) -> dict[str, float]:
 
 
 def schedule(first: list[float], then: list[float], workers: int) -> float:
-    """Wall seconds of the suite's two stages (``bench.suite.stages``) on ``workers`` identical
+    """Wall seconds of the suite's two stages (``bench.grid.suite.stages``) on ``workers`` identical
     workers: the pretrained decoders, then, once all of them are done, the runs; within a stage
     each worker takes the next task in submission order when it frees (Ray's queue, the process
     pool's map). Setup and transfer times are not modelled."""
@@ -81,7 +81,7 @@ def schedule(first: list[float], then: list[float], workers: int) -> float:
 
 def submission_order(frame: pd.DataFrame) -> list[float]:
     """The measured seconds of ``frame``'s runs in the order the suite submits them
-    (``bench.suite.longest_first``): by their configuration's mean training + evaluation time,
+    (``bench.grid.suite.longest_first``): by their configuration's mean training + evaluation time,
     longest first, the summary's (grid) order among equals."""
     key = -_seconds(frame, ESTIMATE_PARTS).groupby(frame["label"]).transform("mean")
     order = key.sort_values(kind="stable").index

@@ -11,9 +11,9 @@ import pandas as pd
 from variants.errors import ConfigError
 
 from ..config import SUITE_VERSION
-from ..data import TEST_BINARIZATION_SEED
-from ..profile import grid
-from ..suite import Profile, runs_dir
+from ..data.builtin import TEST_BINARIZATION_SEED
+from ..grid.profile import grid
+from ..grid.suite import Profile, runs_dir
 from .compute import compute_section
 from .estimators import estimator_section
 from .figures import figures
@@ -134,7 +134,7 @@ def _screening_section(profile: Profile, summary: pd.DataFrame, results: Path) -
     profile's, configuration by configuration (bench/report/screening.py)."""
     if not profile.screening or not profile.baseline:
         return []
-    from ..suite import load_profile
+    from ..grid.suite import load_profile
 
     screen_profile = load_profile(profile.screening)
     name = screen_profile.name
@@ -228,7 +228,7 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
     if "stop_reason" in summary and summary["stop_reason"].notna().any():
         lines += ["", f"stopped: the convergence protocol ({_protocol(train, profile)}); "
                   "converged = stopped by its rule, capped = reached the epoch cap first. Every "
-                  "metric is of the best-on-validation weights (bench/convergence.py)."]
+                  "metric is of the best-on-validation weights (bench/training/convergence.py)."]
     bad = summary[summary["status"] != "ok"]
     if not bad.empty:
         cols = [c for c in ("label", "seed", "status", "diverged_step", "error") if c in bad]

@@ -1,6 +1,6 @@
 """The report's estimator section: how far each configuration's IS NLL lies from AIS (and from
 the exact likelihood where quadrature gives it), and which paired NLL conclusions change when
-read with AIS instead of IS (``bench.attached`` makes the records)."""
+read with AIS instead of IS (``bench.grid.attached`` makes the records)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def estimator_section(summary: pd.DataFrame, baseline: str, settings: str) -> li
     if "nll_ais" not in summary or summary["nll_ais"].isna().all():
         return []
     lines = ["## How far the IS NLL is from the truth (AIS)", "",
-             f"Annealed importance sampling ({settings}; `bench/ais.py`) on a fixed, seeded "
+             f"Annealed importance sampling ({settings}; `bench/evaluation/ais.py`) on a fixed, seeded "
              "subset of the test split, the same points for every run, with IS (the run's K) on "
              "the same points: IS − AIS is paired per point (its per-run SE beside it). AIS is a "
              "stochastic lower bound on log p(x) like IS, far tighter where q fits badly; the "

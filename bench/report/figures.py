@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from ..suite import Profile, runs_dir
+from ..grid.suite import Profile, runs_dir
 from .records import load_run
 from .tables import config_name
 

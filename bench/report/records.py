@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..attached import profile_record, summary_scalars
 from ..config import SUITE_VERSION
+from ..grid.attached import profile_record, summary_scalars
+from ..grid.suite import Profile, grid, group_of, runs_dir
 from ..results import damage, read_json
-from ..suite import Profile, grid, group_of, runs_dir
 
 PRINTED = "%.10g"  # the float format of summary.csv
 
@@ -53,7 +53,7 @@ def summarize(profile: Profile, results: Path) -> pd.DataFrame:
             scalars["active_units_by_layer"] = "+".join(map(str, metrics["active_units_by_layer"]))
         scalars.pop("traceback", None)
         scalars["wall_seconds"] = scalars.get("train_seconds", 0) + scalars.get("eval_seconds", 0)
-        record = profile_record(path, cfg)  # AIS, where the profile asks for it (bench.attached)
+        record = profile_record(path, cfg)  # AIS, where the profile asks for it (bench.grid.attached)
         if record is not None:
             scalars.update(summary_scalars(record, scalars.get("nll_is")))
         rows.append({**row, **scalars})

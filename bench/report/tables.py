@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..metrics import METRICS
-from ..suite import Profile, runs_dir
+from ..evaluation.metrics import METRICS
+from ..grid.suite import Profile, runs_dir
 from .records import load_run
 
 MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
@@ -19,7 +19,7 @@ MAIN_COLUMNS = ["neg_elbo", "nll_is", "kl", "mutual_info", "active_units",
 TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": "MI",
           "active_units": "AU", "active_units_strict": "AU strict", "recon": "recon",
           "ess": "IS ESS / K"}
-#: the main table's columns from attached evaluations (bench.attached), shown where measured
+#: the main table's columns from attached evaluations (bench.grid.attached), shown where measured
 ATTACHED_COLUMNS = {"nll_ais": "NLL (AIS)", "is_minus_ais": "IS − AIS",
                     "nll_exact": "NLL (exact)"}
 #: decimals of a profile's own main-table column where 2 would hide it (default 2)

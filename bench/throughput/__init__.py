@@ -23,8 +23,8 @@ from variants.core import VAE
 from variants.factory import build_vae
 from variants.latents import GaussianLatent
 
-from ..metrics import IS_BLOCK, encode, nll_is_points
-from ..train import DEFAULT_CLIP, compile_model, make_optimizer, train_step
+from ..evaluation.metrics import IS_BLOCK, encode, nll_is_points
+from ..training.trainer import DEFAULT_CLIP, compile_model, make_optimizer, train_step
 from .baselines import (
     DECODER_SETUPS,
     HandWrittenMADEVAE,
@@ -59,7 +59,7 @@ def train_throughput(variant_name: str, device: torch.device, batch: int = 100,
     implementation, no clip); ``same_optimizer`` is the same loop with the fused Adam and the
     gradient-norm clip (``train.clip``'s default) that ``fit`` uses, so ``ratio_same_optimizer``
     isolates what the harness itself costs or saves. With
-    ``compile``, the fast mode (``bench.train.compile_model``) is timed in the same rounds.
+    ``compile``, the fast mode (``bench.training.trainer.compile_model``) is timed in the same rounds.
     ``decoder`` picks the decoder family (``DECODER_SETUPS``) and its hand-written counterpart.
     """
     variant = create_variant(variant_name)

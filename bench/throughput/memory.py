@@ -10,7 +10,7 @@ from torch.utils._pytree import tree_flatten
 from variants.core import VAE
 from variants.latents import GaussianLatent
 
-from ..metrics import encode, nll_is_points
+from ..evaluation.metrics import encode, nll_is_points
 
 
 class PeakTensorMemory(TorchDispatchMode):

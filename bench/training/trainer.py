@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..config import TrainConfig
+from ..data.builtin import binarize
+from ..seeding import Streams
 from .checkpoints import Checkpoints, mismatch, restore, snapshot
-from .config import TrainConfig
 from .convergence import Convergence
-from .data import binarize
-from .seeding import Streams
 
 
 @dataclass
@@ -28,7 +28,7 @@ class FitResult:
     diagnostics_seconds: float = 0.0
     steps: int = 0
     stopped_epoch: int = 0
-    convergence: dict | None = None  # where and why the protocol stopped (``bench.convergence``)
+    convergence: dict | None = None  # where and why the protocol stopped (``bench.training.convergence``)
 
 
 def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
@@ -263,7 +263,7 @@ def fit(model, variant, train_x: torch.Tensor, train: TrainConfig, streams: Stre
     ``checkpoints.every`` epochs. Every optimizer step clips the gradient norm at
     ``train.clip``; ``minibatch_mi(batch)`` is the validation MI a procedure may read
     (``Trainer.minibatch_mi``). With an active convergence protocol (``train.stop_patience`` or
-    ``train.lr_decay_patience``; ``bench.convergence``), each epoch's row decides whether to go
+    ``train.lr_decay_patience``; ``bench.training.convergence``), each epoch's row decides whether to go
     on, decay the learning rate or stop, and the model ends with the best-on-validation weights.
     """
     conv = Convergence.from_config(train)

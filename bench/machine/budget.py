@@ -1,7 +1,8 @@
 """Sizes that cannot fit are refused before anything is allocated: an estimate of a run's
 memory from its resolved config (parameters with their gradients and Adam's two moments, the
-activations of one training step, one importance-sampling tile) against the memory this machine
-has available. An estimate, deliberately coarse (within a small factor): it exists to turn
+activations of one training step, one importance-sampling tile) against the memory this process
+may still use: the smallest of the machine's available memory, a cgroup's limit and ``ulimit
+-v`` (``limits``). An estimate, deliberately coarse (within a small factor): it exists to turn
 "model.hidden=1000000000" into one line instead of an allocator's traceback. ``VAE_BENCH_MEMORY_
 CHECK=0`` skips it."""
 
@@ -15,16 +16,69 @@ from variants.errors import ConfigError
 EVAL_ROWS = 1024
 
 
-def available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux), else None (no check)."""
+#: where the limits are read (module-level so that tests can point them at files of their own)
+MEMINFO = "/proc/meminfo"
+CGROUP_V2 = "/sys/fs/cgroup"  # memory.max, memory.current
+CGROUP_V1 = "/sys/fs/cgroup/memory"  # memory.limit_in_bytes, memory.usage_in_bytes
+PROC_STATUS = "/proc/self/status"  # VmSize: the address space this process already holds
+
+
+def _read(path: str) -> str | None:
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        with open(path) as f:
+            return f.read()
     except OSError:
-        pass
+        return None
+
+
+def _field_kib(text: str | None, name: str) -> int | None:
+    for line in (text or "").splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
     return None
+
+
+def _cgroup_room() -> int | None:
+    """What the cgroup (v2, else v1) still lets this process's group allocate, or None."""
+    for limit_file, used_file in ((f"{CGROUP_V2}/memory.max", f"{CGROUP_V2}/memory.current"),
+                                  (f"{CGROUP_V1}/memory.limit_in_bytes",
+                                   f"{CGROUP_V1}/memory.usage_in_bytes")):
+        limit, used = _read(limit_file), _read(used_file)
+        if limit is None or limit.strip() == "max":
+            continue
+        limit_b = int(limit.split()[0])
+        if limit_b >= 2**60:  # v1 writes "no limit" as a huge number
+            continue
+        return max(0, limit_b - int((used or "0").split()[0]))
+    return None
+
+
+def _address_space_room() -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) leaves of this process's address space, or None."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(0, soft - (_field_kib(_read(PROC_STATUS), "VmSize") or 0))
+
+
+def limits() -> dict[str, int]:
+    """The memory this process may still use, by what limits it (bytes): MemAvailable of
+    /proc/meminfo, the room left under the cgroup's limit (a container's), the room left under
+    ``ulimit -v``; absent where that limit is not in force or cannot be read."""
+    found = {"available memory": _field_kib(_read(MEMINFO), "MemAvailable"),
+             "the cgroup's memory limit": _cgroup_room(),
+             "the address-space limit (ulimit -v)": _address_space_room()}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def available_bytes() -> int | None:
+    """The smallest of ``limits()``, else None (no check)."""
+    found = limits()
+    return min(found.values()) if found else None
 
 
 def _dense(widths: list[int]) -> int:
@@ -62,9 +116,10 @@ def check(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None) -> 
     """ConfigError when the estimate exceeds the memory available."""
     if os.environ.get("VAE_BENCH_MEMORY_CHECK", "1") == "0" or cfg.device != "cpu":
         return  # (a GPU's memory is not this machine's: the device reports its own)
-    have = available_bytes()
-    if have is None:
+    found = limits()
+    if not found:
         return
+    source, have = min(found.items(), key=lambda kv: kv[1])
     need = estimate(cfg, variant, input_dim, image_shape)
     total = sum(need.values())
     if total > have:
@@ -72,9 +127,9 @@ def check(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None) -> 
         raise ConfigError(
             f"this run needs an estimated {total / gib:,.1f} GiB (parameters with gradients and "
             f"Adam state {need['parameters'] / gib:,.1f}, activations "
-            f"{need['activations'] / gib:,.1f}); {have / gib:.1f} GiB are available; allowed: "
-            "smaller model sizes, batch or samples, or VAE_BENCH_MEMORY_CHECK=0 to skip this "
-            f"estimate (sizes: {_sizes(cfg, variant)})")
+            f"{need['activations'] / gib:,.1f}); {have / gib:.1f} GiB are available "
+            f"({source}); allowed: smaller model sizes, batch or samples, or "
+            f"VAE_BENCH_MEMORY_CHECK=0 to skip this estimate (sizes: {_sizes(cfg, variant)})")
 
 
 def _sizes(cfg, variant) -> str:

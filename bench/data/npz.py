@@ -2,7 +2,7 @@
 
 The file holds ``train`` and ``test`` arrays (and optionally ``valid``), each of shape (N, ...)
 with the same shape per point: binary pixels or grey levels in [0, 1], any image shape. Grey
-levels are probabilities, binarized as the built-in image datasets are (``bench.data``): the
+levels are probabilities, binarized as the built-in image datasets are (``bench.data.builtin``): the
 training split afresh every epoch from the run's stream, the test and validation splits once
 from their fixed seeds. A 2-d point shape (H, W), after dropping axes of size 1, is an image
 (the PixelCNN decoder works on it); any other shape is a flat vector of pixels.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import TEST_BINARIZATION_SEED, VALIDATION_SEED, DataError, Dataset, binarize, sha256
+from .builtin import TEST_BINARIZATION_SEED, VALIDATION_SEED, DataError, Dataset, binarize, sha256
 
 SUFFIX = ".npz"
 REQUIRED, OPTIONAL = ("train", "test"), ("valid",)

@@ -1,5 +1,5 @@
-"""The grid: a profile's configurations x seeds (``bench.profile``), run with resume on a
-backend (``bench.backends``).
+"""The grid: a profile's configurations x seeds (``bench.grid.profile``), run with resume on a
+backend (``bench.grid.backends``).
 
 Every run is keyed by the hash of its resolved config; a run whose record exists is skipped, so an
 interrupted suite continues where it stopped. Records are renamed into place whole
@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from variants.errors import ConfigError
 
+from ..identity import ResolvedRun, checkpoint_dir
+from ..results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 from .backends import BACKENDS, _local, _ray, run_one
-from .identity import ResolvedRun, checkpoint_dir
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
-from .results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 
 __all__ = ["BACKENDS", "Profile", "cost_estimates", "dry_run", "grid", "group_of",
            "load_profile", "longest_first", "pending", "profile_names", "run_one", "run_suite",
@@ -87,7 +87,7 @@ def stages(runs: list[ResolvedRun], out: Path) -> list[list[ResolvedRun]]:
     return [s for s in (list(first.values()), runs) if s]
 
 
-COMMITTED = Path(__file__).resolve().parent.parent / "results"
+COMMITTED = Path(__file__).resolve().parents[2] / "results"
 
 
 # what a run's cost estimate sums (a record's training and evaluation seconds)

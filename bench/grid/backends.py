@@ -12,9 +12,9 @@ from pathlib import Path
 
 from variants.errors import ConfigError
 
-from .config import RunConfig, to_dict
-from .identity import ResolvedRun, resolve_run, run_name
-from .results import TRANSIENT, environment, read_json, write_run
+from ..config import RunConfig, to_dict
+from ..identity import ResolvedRun, resolve_run, run_name
+from ..results import TRANSIENT, environment, read_json, write_run
 
 
 def transient(error: BaseException) -> bool:
@@ -31,7 +31,7 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
     stderr in one line and not recorded, so the next resume trains the run again."""
     import torch
 
-    from .allocator import tune
+    from ..machine.allocator import tune
     from .runner import execute
 
     tune()  # in every worker process, whatever the backend
@@ -156,7 +156,7 @@ def cpus_for(cfg: RunConfig) -> int:
     """The CPUs a Ray task of this run reserves: as many as the threads it computes with (a
     portable run pins ``numerics.PORTABLE_THREADS``; a native one takes the task's 1), so a
     node never runs more threads than it has cores."""
-    from . import numerics
+    from ..machine import numerics
 
     return numerics.PORTABLE_THREADS if cfg.numerics == "portable" else 1
 
@@ -191,7 +191,7 @@ def _ray(runs: list[ResolvedRun], out: Path, data_dir: str | None, address: str 
                           "(Ray >= 2.60): set RAY_AUTH_MODE=token and make its token available "
                           "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); allowed "
                           "without a cluster: --backend local") from None
-    from . import numerics
+    from ..machine import numerics
 
     need = max(cpus_for(cfg) for cfg in configs) if configs else 0
     most = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)

@@ -1,7 +1,7 @@
 """One run, end to end, as named stages: ``execute`` resolves the run once (``bench.identity``)
 and gets its ``dependencies`` (the pretrained decoder a lagging run starts from), then
 ``prepare`` (data, numerics, the model and a copy of the variant, the validation hooks, the
-environment) -> ``train`` (``bench.train.fit``) -> ``evaluate_trained`` -> ``record`` (the run
+environment) -> ``train`` (``bench.training.trainer.fit``) -> ``evaluate_trained`` -> ``record`` (the run
 directory). None of them calls another run's ``execute``. The runner knows the Variant protocol
 and never a concrete variant."""
 
@@ -24,12 +24,10 @@ from variants.base import Variant
 from variants.core import VAE
 from variants.errors import ConfigError
 
-from . import data as data_mod
-from . import datasets, numerics
-from .checkpoints import Checkpoints
-from .config import SUITE_VERSION, RunConfig, from_dict, to_dict
-from .identity import ResolvedRun, checkpoint_dir, resolve_run, variant_source
-from .metrics import (
+from .. import data
+from ..config import SUITE_VERSION, RunConfig, check_fields, from_dict, resolve, to_dict
+from ..data import builtin
+from ..evaluation.metrics import (
     active_directions,
     encode,
     evaluate,
@@ -39,8 +37,9 @@ from .metrics import (
     validation_loss,
     validation_minibatch_mi,
 )
-from .model import build_model, check_device
-from .results import (
+from ..identity import ResolvedRun, checkpoint_dir, resolve_run, variant_source
+from ..machine import numerics
+from ..results import (
     damage,
     ensure_writable,
     environment,
@@ -51,8 +50,10 @@ from .results import (
     set_aside,
     write_run,
 )
-from .seeding import Streams, derive, set_deterministic
-from .train import FitResult, fit
+from ..seeding import Streams, derive, set_deterministic
+from ..training.checkpoints import Checkpoints
+from ..training.model import build_model, check_device
+from ..training.trainer import FitResult, fit
 
 #: metrics that measure the machine, not the model: never compared between two trainings
 TIMINGS = ("train_seconds", "train_samples_per_s", "eval_seconds", "diagnostics_seconds")
@@ -145,11 +146,11 @@ def _train_once(run: ResolvedRun, target: Path, data_dir: str | None, progress: 
         return record(run, prepared, result, evaluate_trained(run, prepared, result), target)
 
 
-def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
+def load_dataset(cfg: RunConfig, data_dir: str | None) -> builtin.Dataset:
     """The run's dataset: its validation split held out of the training split, the training
     split cut to its first ``train.train_points`` and the test split to its first
     ``eval.test_points`` points where those are set."""
-    dataset = data_mod.hold_out(datasets.load(cfg.dataset, data_dir), cfg.train.validation_size)
+    dataset = builtin.hold_out(data.load(cfg.dataset, data_dir), cfg.train.validation_size)
     m = cfg.train.train_points
     if m:
         if m > len(dataset.train):
@@ -170,7 +171,7 @@ def load_dataset(cfg: RunConfig, data_dir: str | None) -> data_mod.Dataset:
 class Prepared:
     """What one training of a run works with, built by ``prepare``."""
 
-    dataset: data_mod.Dataset
+    dataset: builtin.Dataset
     model: VAE
     variant: Variant
     env: dict  # the environment as the run starts: the code that trains is the code checked out
@@ -240,7 +241,7 @@ def train(run: ResolvedRun, p: Prepared, progress: bool = False) -> FitResult:
 
 def evaluate_trained(run: ResolvedRun, p: Prepared, result: FitResult) -> dict:
     """The run's metrics: how training went, and for a finished training every metric of the
-    test split (``bench.metrics.evaluate``) and the collapse law's predictions where they apply."""
+    test split (``bench.evaluation.metrics.evaluate``) and the collapse law's predictions where they apply."""
     cfg = run.config
     metrics = {"run_id": run.run_id, "suite_version": SUITE_VERSION, "status": result.status,
                "diverged_step": result.diverged_step, "steps": result.steps,
@@ -274,9 +275,9 @@ def record(run: ResolvedRun, p: Prepared, result: FitResult, metrics: dict,
     return path
 
 
-def collapse_law(cfg: RunConfig, dataset: data_mod.Dataset, metrics: dict, model) -> dict:
+def collapse_law(cfg: RunConfig, dataset: builtin.Dataset, metrics: dict, model) -> dict:
     """For a linear Gaussian decoder with a fixed noise (``model.obs_var``) and one stochastic
-    layer: the closed-form predictions of Lucas et al.'s law (``bench.ppca``) beside what the run
+    layer: the closed-form predictions of Lucas et al.'s law (``bench.evaluation.ppca``) beside what the run
     measured on the test split: ``collapsed_measured``, the latent units that are not active
     (Var_x E[z|x] <= 0.01, Burda's count), and ``collapsed_directions``, latent_dim minus the
     eigenvalues of Cov_x E[z|x] above 0.01 (``metrics.active_directions``). The law speaks of
@@ -290,7 +291,7 @@ def collapse_law(cfg: RunConfig, dataset: data_mod.Dataset, metrics: dict, model
     if not (m.obs_var and not m.decoder_hidden and not m.latent2_dim
             and dataset.likelihood == "gaussian"):
         return {}
-    from .ppca import law
+    from ..evaluation.ppca import law
 
     out = law(dataset.train.double().numpy(), dataset.test.double().numpy(), m.latent_dim,
               m.obs_var)
@@ -302,7 +303,7 @@ def collapse_law(cfg: RunConfig, dataset: data_mod.Dataset, metrics: dict, model
 
 
 @torch.no_grad()
-def previews(model, dataset: data_mod.Dataset, cfg: RunConfig, n: int = 8) -> dict | None:
+def previews(model, dataset: builtin.Dataset, cfg: RunConfig, n: int = 8) -> dict | None:
     """Pixel probabilities of reconstructions of the first n test images and of n prior samples
     (for an autoregressive decoder, each pixel's given the pixels sampled before it)."""
     if dataset.image_shape is None or model.likelihood != "bernoulli":
@@ -326,8 +327,12 @@ def load_run(run_dir: Path, data_dir: str | None = None):
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
         raise ConfigError(f"{run_dir} is not a run directory; expected config.json and model.pt")
-    try:
-        cfg = from_dict(read_json(run_dir / "config.json"))
+    try:  # checked as a run's config is before training (sizes, types, ranges, memory); the
+        cfg = from_dict(read_json(run_dir / "config.json"))  # record's own is what is used
+        check_fields(cfg)
+        resolve(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir / 'config.json'}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{run_dir / 'config.json'}: not a vae-bench config ({e})") from None
     dataset = load_dataset(cfg, data_dir)
@@ -348,7 +353,7 @@ def evaluate_run(run_dir: Path, is_samples: int | None = None,
     """A finished run's metrics recomputed from its weights (``is_samples``: another K), in the
     run's numerics mode and thread count, so that the same K gives the record's bits. With
     ``svae_tf_ll`` = n, also Davidson et al.'s code's "LL" with n samples
-    (``bench.metrics.svae_tf_ll_points``), as ``svae_tf_ll`` and its standard error."""
+    (``bench.evaluation.metrics.svae_tf_ll_points``), as ``svae_tf_ll`` and its standard error."""
     cfg, model, dataset = load_run(run_dir, data_dir)
     if cfg.numerics != numerics.active():  # its kernels, as it was trained and evaluated
         return numerics.run_in_mode(cfg.numerics, evaluate_run, run_dir, is_samples, data_dir,

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from variants.errors import ConfigError
 
-from .config import RunConfig, apply_overrides
-from .identity import ResolvedRun, resolve_run
+from ..config import RunConfig, apply_overrides
+from ..identity import ResolvedRun, resolve_run
 
-PROFILES = Path(__file__).parent / "profiles"
+PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 
 
 RESERVED = {"label", "variant"}

@@ -22,10 +22,10 @@ import torch
 from variants.errors import ConfigError
 from variants.latents import GaussianLatent
 
-from . import ais as ais_mod
-from . import numerics
-from .metrics import encode, mean_se, nll_is_points
-from .seeding import generator
+from ..evaluation import ais as ais_mod
+from ..evaluation.metrics import encode, mean_se, nll_is_points
+from ..machine import numerics
+from ..seeding import generator
 
 RECORD_PREFIX = "ais-"
 
@@ -89,8 +89,8 @@ def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, poi
     on the subset, IS with the run's K on the same points (paired per point), and where the
     latent has 1 or 2 dimensions the quadrature's exact log p(x) on them too; BDMC on
     ``bdmc_points`` simulated points."""
-    from . import quadrature
-    from .results import environment
+    from ..evaluation import quadrature
+    from ..results import environment
 
     seed = cfg.eval.seed
     idx = subset(len(x_test), points, seed)
@@ -155,8 +155,8 @@ def evaluate_ais(run_dir: Path, data_dir: str | None = None, force: bool = False
     """The AIS record of a finished run with the run's eval.ais_* settings (or ``override``:
     steps, chains, leapfrog, start, points, bdmc): read where it exists, else computed and
     written beside metrics.json. Returns (its path, the record)."""
-    from .config import from_dict
-    from .results import read_json
+    from ..config import from_dict
+    from ..results import read_json
     from .runner import load_run
 
     try:
@@ -233,8 +233,8 @@ def pending_records(profile, results: Path,
     """The finished runs of a profile whose eval config asks for an AIS record they lack
     ((label, run directory) in grid order; those without ``model.pt`` are trained again first),
     and how many of the grid ask for one."""
+    from ..results import finished, read_json
     from .profile import grid
-    from .results import finished, read_json
     from .suite import runs_dir
 
     out, asked = [], 0

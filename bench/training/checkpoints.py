@@ -1,5 +1,5 @@
 """Mid-run checkpoints: a run's complete training state, written atomically beside it, so a
-killed run resumes to the same numbers as one never stopped (``bench.train.fit``)."""
+killed run resumes to the same numbers as one never stopped (``bench.training.trainer.fit``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .results import save_torch
+from ..results import save_torch
 
 
 def snapshot(epoch: int, step: int, trainer, variant, streams, result, seconds: float,

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from variants.latents import GaussianPosterior
 
-from .seeding import generator
+from ..seeding import generator
 
 AIS_BLOCK = 100  # data points annealed together (fixes which noise each point gets)
 STARTS = ("encoder", "prior")

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .report import PAIRED, PRINTED, REGRESSION_COLUMNS, paired_differences
+from . import PAIRED, PRINTED, REGRESSION_COLUMNS, paired_differences
+from .tables import config_name
 
 RANGED = ["neg_elbo", "nll_is", "kl", "mutual_info"]
 RANGE_MARGIN = 0.25
@@ -52,6 +53,39 @@ def _check_columns(frame: pd.DataFrame, what: str) -> None:
     if missing:
         raise ValueError(f"{what} is not a vae-bench summary: no column {missing[0]!r}; "
                          "expected results/PROFILE/summary.csv")
+
+
+def check_summary(frame: pd.DataFrame, what: str) -> None:
+    """ValueError, in one line naming ``what`` (the file), the row and the column, unless
+    ``frame`` is a summary compare can read: its key and status columns, one row per (label,
+    seed), an integer seed, and in every finished run (status ok) each metric of
+    ``REGRESSION_COLUMNS`` it has a finite number (a failed run's may be empty)."""
+    _check_columns(frame, what)
+
+    def where(i) -> str:  # the CSV's line: the header is line 1
+        return f"{what}, line {i + 2} ({frame.at[i, 'label']!r}, seed {frame.at[i, 'seed']})"
+
+    for i, seed in frame["seed"].items():
+        if not (isinstance(seed, (int, np.integer)) or (isinstance(seed, float)
+                                                        and float(seed).is_integer())):
+            raise ValueError(f"{where(i)}: column 'seed' is {seed!r}, not an integer")
+    dup = frame.duplicated(KEYS, keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise ValueError(f"{where(frame.index[i])}: a second row for the same (label, seed); "
+                         "a summary has one row per run")
+    ok = frame["status"] == "ok"
+    for col in (c for c in REGRESSION_COLUMNS if c in frame.columns):
+        boolean = frame[col].map(lambda v: isinstance(v, (bool, np.bool_)))
+        values = pd.to_numeric(frame[col].mask(boolean), errors="coerce").astype(float)
+        text = frame[col].notna() & values.isna()  # a word or a boolean where a number belongs
+        bad = text | (ok & ~np.isfinite(values))
+        if bad.any():
+            i = frame.index[int(np.flatnonzero(bad.to_numpy())[0])]
+            value = frame.at[i, col]
+            shown = float(value) if isinstance(value, np.floating) else repr(value)
+            raise ValueError(f"{where(i)}: column {col!r} is {shown}, not a finite number (a "
+                             "finished run needs one)")
 
 
 def identical(fresh: pd.DataFrame, committed: pd.DataFrame) -> list[str]:
@@ -133,9 +167,17 @@ def changed_conclusions(fresh: pd.DataFrame, committed: pd.DataFrame, baseline: 
 
 
 def verdict(fresh: pd.DataFrame, committed: pd.DataFrame, baseline: str = "") -> Verdict:
-    """The level at which ``fresh`` reproduces ``committed`` (both summary.csv frames)."""
-    _check_columns(fresh, "the fresh summary")
-    _check_columns(committed, "the committed summary")
+    """The level at which ``fresh`` reproduces ``committed`` (both summary.csv frames). A
+    ValueError (one line) for a summary compare cannot read (``check_summary``), a ``baseline``
+    that is no configuration of the committed summary, or a baseline against which not one paired
+    conclusion can be checked: a verdict never claims a check it did not make."""
+    check_summary(fresh, "the fresh summary")
+    check_summary(committed, "the committed summary")
+    if baseline:
+        names = list(dict.fromkeys(committed["label"].map(config_name)))
+        if baseline not in names:
+            raise ValueError(f"baseline {baseline!r} is not a configuration of the committed "
+                             f"summary; allowed: {', '.join(map(str, names))}")
     shared = set(map(tuple, fresh[KEYS].values)) & set(map(tuple, committed[KEYS].values))
     if not shared:
         return Verdict(0, "nothing matched", [
@@ -152,6 +194,10 @@ def verdict(fresh: pd.DataFrame, committed: pd.DataFrame, baseline: str = "") ->
     head = [f"{len(diffs)} differences from bit-identity (the first: {diffs[0]})"]
     if moved:
         return Verdict(0, "not reproduced", head + moved)
+    if baseline and not n_conc:
+        raise ValueError(f"no paired conclusion against {baseline!r} can be checked (each needs "
+                         "a configuration and the baseline finished on a common seed); compare "
+                         "without --baseline to check the seed ranges only")
     checked = (f"every configuration's fresh mean of {', '.join(RANGED)} within its committed "
                f"seed range (+-{RANGE_MARGIN:.0%} of it, at least {RANGE_FLOOR} nats)")
     checked += (f"; all {n_conc} paired conclusions against {baseline!r} (sign, 95 % CI "

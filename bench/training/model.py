@@ -14,9 +14,9 @@ from variants.core import VAE
 from variants.errors import ConfigError
 from variants.factory import build_vae
 
-from . import data as data_mod
-from .config import RunConfig
-from .seeding import derive
+from ..config import RunConfig
+from ..data import builtin
+from ..seeding import derive
 
 
 def check_device(device: str) -> torch.device:
@@ -25,7 +25,7 @@ def check_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def decoder_options(cfg: RunConfig, dataset: data_mod.Dataset) -> dict:
+def decoder_options(cfg: RunConfig, dataset: builtin.Dataset) -> dict:
     """The keyword arguments of the decoder family that ``cfg.model.decoder`` names."""
     m = cfg.model
     if m.decoder == "made":
@@ -40,7 +40,7 @@ def decoder_options(cfg: RunConfig, dataset: data_mod.Dataset) -> dict:
     return {}
 
 
-def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
+def build_model(cfg: RunConfig, dataset: builtin.Dataset,
                 pretrained_decoder: dict | None = None,
                 variant: Variant | None = None) -> tuple[VAE, Variant]:
     """The model and variant of a resolved config (``variant``: the run's own, else built from
@@ -68,7 +68,7 @@ def build_model(cfg: RunConfig, dataset: data_mod.Dataset,
     return model, variant
 
 
-def glorot_init(model: VAE, dataset: data_mod.Dataset) -> None:
+def glorot_init(model: VAE, dataset: builtin.Dataset) -> None:
     """Burda et al. 2016's initialization (their code): every linear layer Glorot-uniform
     (Glorot & Bengio 2010) with zero bias; the decoder's output bias the logit of the training
     split's mean pixel, clipped to [0.001, 0.999], so the untrained model already predicts the

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .seeding import generator
+from ..seeding import generator
 
 IS_BLOCK = 100  # test points per importance-sampling block (fixes which noise each point gets)
 IS_CHUNK = 50  # samples per decoder call; memory is O(IS_BLOCK * IS_CHUNK), independent of K
@@ -44,7 +44,7 @@ METRICS = {m.name: m for m in [
     Metric("mutual_info_bound", None, "log N: no estimate pooled over N points can exceed it"),
     Metric("nll_exact", False, "-log p(x) in closed form (where the model admits it)"),
     Metric("is_gap", False, "nll_is - nll_exact, paired per point (the estimator's error)"),
-    Metric("nll_ais", False, "-log p(x) by annealed importance sampling (bench.ais), on a subset"),
+    Metric("nll_ais", False, "-log p(x) by annealed importance sampling (bench.evaluation.ais), on a subset"),
     Metric("is_minus_ais", None, "nll_is - nll_ais on the same points, paired per point"),
     Metric("nll_exact_subset", False, "-log p(x) by quadrature (1-2 dim latents), AIS's points"),
 ]}
