@@ -157,8 +157,18 @@ def resolve(name: str) -> type[Variant]:
 
 
 def create(name: str, **hparams: object) -> Variant:
-    """The variant ``name`` with validated hyperparameters (ConfigError if anything is wrong)."""
-    return resolve(name)(**hparams)
+    """The variant ``name`` with validated hyperparameters (ConfigError if anything is wrong,
+    including a user's ``__init__`` that raises: one line naming the class and the error)."""
+    cls = resolve(name)
+    try:
+        return cls(**hparams)
+    except ConfigError:
+        raise
+    except Exception as e:  # a user's class: its own code failed while constructing
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"variant {name!r}: {cls.__qualname__}({', '.join(hparams)}) raised "
+                          f"{type(e).__name__}: {first}; allowed: a class whose construction "
+                          "succeeds with its declared hyperparameters") from None
 
 
 def source(name: str) -> dict | None:

@@ -14,6 +14,7 @@ from variants.errors import ConfigError
 
 from ..config import RunConfig, to_dict
 from ..identity import ResolvedRun, resolve_run, run_name
+from ..machine.interrupt import is_ctrl_c
 from ..results import TRANSIENT, environment, read_json, write_run
 
 
@@ -42,19 +43,26 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
     try:  # a worker resolves here, inside: a check that fails there (memory) is recorded too
         run = resolve_run(run)
         return read_json(execute(run, out, data_dir) / "metrics.json")["status"]
-    except Exception as e:  # recorded, and the grid goes on
+    except BaseException as e:  # recorded, and the grid goes on; user code may raise anything
+        if is_ctrl_c(e):  # the user's Ctrl-C ends the grid (a KeyboardInterrupt raised by a
+            raise         # variant is that run's failure)
         target = out / (run.name if isinstance(run, ResolvedRun) else run_name(cfg))
-        error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        first = (str(e).strip().splitlines() or [""])[0]
+        error = f"{type(e).__name__}: {first}" if first else type(e).__name__
         if transient(e):
             print(f"vae-bench: {target.name} not recorded, retried on resume: {error}",
                   file=sys.stderr)
             return "failed (not recorded: retried on resume)"
-        if not target.exists():
-            write_run(target, config=to_dict(cfg), history=[], state_dict=None,
-                      metrics={"status": "failed", "error": error,
-                               "traceback": traceback.format_exc()},
-                      env=environment(cfg.device, {}, {}))
+        record_failure(cfg, target, error, traceback.format_exc())
         return "failed"
+
+
+def record_failure(cfg: RunConfig, target: Path, error: str, trace: str = "") -> None:
+    """A run that failed for a reason of its own, recorded as such (unless a record is there)."""
+    if not target.exists():
+        write_run(target, config=to_dict(cfg), history=[], state_dict=None,
+                  metrics={"status": "failed", "error": error, "traceback": trace},
+                  env=environment(cfg.device, {}, {}))
 
 
 BACKENDS = ("local", "ray")
@@ -113,20 +121,60 @@ def _quiet_resource_tracker() -> None:
 
 def _local(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int):
     """The embedded default: in this process for one job, else a process pool (a worker gets a
-    run's resolved config and resolves it once, in its own process)."""
+    run's resolved config and resolves it once, in its own process).
+
+    A worker that dies (user code calling ``os._exit``, a segfault, the kernel's OOM killer)
+    breaks the pool for every run in it: the runs left unfinished are rerun one at a time, each
+    in a fresh worker of its own, so the run that killed its worker is known. Retried once like
+    this, a run whose worker dies again is recorded as failed; the rest go back to the pool."""
     if jobs == 1:
         for run in runs:
             yield run_one(run, out, data_dir, 0)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     _quiet_resource_tracker()
+    todo = list(runs)
+    while todo:
+        left = yield from _pool_pass(todo, out, data_dir, jobs, threads)
+        todo = []
+        for i, run in enumerate(left):
+            if (yield from _pool_pass([run], out, data_dir, 1, threads)):  # it killed it alone too
+                record_failure(run.config, out / run.name, "its worker process died, in the pool "
+                               "and again alone (os._exit, a crash or the OOM killer)")
+                yield "failed"
+                todo = left[i + 1:]
+                break
+
+
+def _pool_pass(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int,
+               threads: int):
+    """Yields the statuses of ``runs`` run in a pool of ``jobs`` workers; returns the runs left
+    unfinished because a worker died (empty when none did)."""
+    from concurrent.futures.process import BrokenProcessPool
+
     # spawn, not fork: a forked child of a process that has run OpenMP threads can deadlock
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        futures = [pool.submit(run_one, run.config, out, data_dir, threads) for run in runs]
+        futures = {pool.submit(run_one, run.config, out, data_dir, threads): run for run in runs}
+        seen = set()
         for fut in as_completed(futures):
+            seen.add(fut)
+            if isinstance(fut.exception(), BrokenProcessPool):
+                break
             yield fut.result()
+        else:
+            pool.shutdown()
+            return []
+        left = []
+        for fut, run in futures.items():  # finished before the break but not yet counted
+            if fut.done() and fut.exception() is None:
+                if fut not in seen:
+                    yield fut.result()
+            else:
+                left.append(run)
+        pool.shutdown(wait=True, cancel_futures=True)
+        return left
     except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after runs
         workers = list(getattr(pool, "_processes", {}).values())
         for proc in workers:
@@ -135,7 +183,6 @@ def _local(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int):
             proc.join(10)
         pool.shutdown(wait=True, cancel_futures=True)  # the pool's queues closed, not left to exit
         raise
-    pool.shutdown()
 
 
 def _ray_token_auth(address: str | None) -> None:
@@ -206,6 +253,14 @@ def _ray(runs: list[ResolvedRun], out: Path, data_dir: str | None, address: str 
                          # otherwise runs the task in a fresh process of that mode)
                          runtime_env={"env_vars": numerics.environment_for(cfg.numerics, {})})
             .remote(cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
+    run_of = dict(zip(refs, runs, strict=True))
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
-        yield ray.get(done[0])
+        try:
+            yield ray.get(done[0])
+        except ray.exceptions.RayError as e:  # its worker died on every try (run_one catches
+            run = run_of[done[0]]             # whatever the run's own code raises)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            record_failure(run.config, out / run.name, f"its Ray worker died on each of 4 tries "
+                           f"({type(e).__name__}: {first})")
+            yield "failed"

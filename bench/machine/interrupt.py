@@ -12,6 +12,8 @@ class CtrlC:
     Python's own handler is in place: an ignored SIGINT (``nohup ... &``) stays ignored."""
 
     seen = False
+    #: the CtrlC watching SIGINT now, if any (``is_ctrl_c`` asks it)
+    watching: CtrlC | None = None
 
     def __enter__(self):
         import signal
@@ -21,6 +23,7 @@ class CtrlC:
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self.before = signal.signal(signal.SIGINT, self._handler)
+            CtrlC.watching = self
         return self
 
     def _handler(self, signum, frame):
@@ -34,7 +37,22 @@ class CtrlC:
 
         if self.before is not None:
             signal.signal(signal.SIGINT, self.before)
+            CtrlC.watching = None
         return False
+
+
+def is_ctrl_c(error: BaseException) -> bool:
+    """Whether ``error`` is the user's Ctrl-C, not code that raised KeyboardInterrupt itself (a
+    user's variant can): with the CLI watching SIGINT, whether one arrived; where SIGINT is
+    ignored (a pool worker, ``nohup``) it cannot be one; otherwise (a library caller) it is taken
+    for one."""
+    import signal
+
+    if not isinstance(error, KeyboardInterrupt):
+        return False
+    if CtrlC.watching is not None:
+        return CtrlC.watching.seen
+    return signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 def interrupted() -> int:
