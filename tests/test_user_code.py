@@ -106,3 +106,47 @@ def test_a_variant_whose_constructor_raises_is_one_line(home, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert "variant 'mine:Bad': Bad() raised RuntimeError: no GPU here" in err
+
+
+#: a variant that changes torch's global state, as user code may (at import, construction and
+#: in every step)
+MUTATES = """
+import torch
+from variants import Variant
+
+def mutate():
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    torch.manual_seed(123)
+    torch.set_flush_denormal(True)
+    torch.set_float32_matmul_precision("medium")
+
+mutate()
+
+class Mutates(Variant):
+    def __init__(self, **hp):
+        super().__init__(**hp)
+        mutate()
+
+    def objective(self, terms, step, total_steps):
+        mutate()
+        return super().objective(terms, step, total_steps)
+"""
+
+
+def test_a_variant_that_changes_global_state_cannot_change_the_next_runs_record(home, capsys):
+    grid = GRID.replace('dtype = "float64"', 'dtype = "float32"')
+    vae_only = grid[:grid.index('[[config]]\nlabel = "bad"')]
+    (home / "solo.toml").write_text(vae_only)
+    assert main(["suite", "--profile", "solo.toml", "--results", str(home / "solo")]) == 0
+    (home / "mine.py").write_text(MUTATES)
+    (home / "both.toml").write_text(grid.replace('"mine:Bad"', '"mine:Mutates"').replace(
+        '[[config]]\nlabel = "vae"\nvariant = "vae"\n', "") + '\n[[config]]\nlabel = "vae"\n'
+        'variant = "vae"\n')  # the mutating variant runs first
+    assert main(["suite", "--profile", "both.toml", "--results", str(home / "both")]) == 0
+    solo, after = _records(home / "solo")["vae"], _records(home / "both")["vae"]
+    seconds = {k for k in solo if "seconds" in k or k.endswith("_per_s")}
+    assert {k: v for k, v in after.items() if k not in seconds} == \
+        {k: v for k, v in solo.items() if k not in seconds}
+    env = json.loads(next((home / "both").glob("*/runs/vae-*/env.json")).read_text())
+    assert env["torch_state"]["default_dtype"] == "torch.float32", env["torch_state"]

@@ -30,16 +30,15 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
     which resolves it once there). A failure of the model or its config becomes a record with
     status 'failed' and its error; a failure of the machine (``transient``) is reported on
     stderr in one line and not recorded, so the next resume trains the run again."""
-    import torch
-
     from ..machine.allocator import tune
+    from ..machine.isolation import pin_threads
     from .runner import execute
 
     tune()  # in every worker process, whatever the backend
     out = Path(out)
     cfg = run.config if isinstance(run, ResolvedRun) else run
     if threads and cfg.numerics != "portable":  # portable numerics fix their own thread count
-        torch.set_num_threads(threads)
+        pin_threads(threads)
     try:  # a worker resolves here, inside: a check that fails there (memory) is recorded too
         run = resolve_run(run)
         return read_json(execute(run, out, data_dir) / "metrics.json")["status"]

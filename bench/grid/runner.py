@@ -38,7 +38,7 @@ from ..evaluation.metrics import (
     validation_minibatch_mi,
 )
 from ..identity import ResolvedRun, checkpoint_dir, resolve_run, variant_source
-from ..machine import numerics
+from ..machine import isolation, numerics
 from ..results import (
     damage,
     ensure_writable,
@@ -67,6 +67,8 @@ def execute(run: ResolvedRun | RunConfig, out: Path, data_dir: str | None = None
     """Train and evaluate one run; return its directory (an existing finished one is reused).
     ``run``: a resolved run, or a config, resolved here once (``identity.resolve_run``)."""
     run = resolve_run(run)
+    # whatever code ran before (another run's variant, this one's constructor) changed globally
+    isolation.reset(numerics.PORTABLE_THREADS if run.config.numerics == "portable" else None)
     check_device(run.config.device)
     ensure_writable(Path(out))
     target = Path(out) / run.name
@@ -192,7 +194,7 @@ def prepare(run: ResolvedRun, data_dir: str | None, pre: tuple[str, dict] | None
     deterministic = set_deterministic(cfg.deterministic)
     model, variant = build_model(cfg, dataset, pre[1] if pre else None, run.fresh_variant())
     env = {**environment(cfg.device, deterministic, dataset.digests),
-           **numerics.record(cfg.numerics)}
+           **numerics.record(cfg.numerics), "torch_state": isolation.state()}
     outside = variant_source(cfg.variant)
     if outside:
         env["variant_source"] = outside
@@ -325,6 +327,7 @@ def previews(model, dataset: builtin.Dataset, cfg: RunConfig, n: int = 8) -> dic
 def load_run(run_dir: Path, data_dir: str | None = None):
     """(config, model, dataset) of a finished run; the weights are loaded with weights_only."""
     run_dir = Path(run_dir)
+    isolation.reset()
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
         raise ConfigError(f"{run_dir} is not a run directory; expected config.json and model.pt")
     try:  # checked as a run's config is before training (sizes, types, ranges, memory); the
