@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "results/throughput/stack-exactness.json"))
     args = ap.parse_args()
+    numerics.apply(numerics.active() or "native")  # a run's settings: portable pins 2 threads
     gen = torch.Generator().manual_seed(0)
     rows = linear_cases(args.runs, gen) + elementwise_cases(args.runs, gen) \
         + reduction_cases(args.runs, gen)
