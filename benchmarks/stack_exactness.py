@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (the import order matters: bench before torch)
 """Which operations give the same bits stacked as alone: the measurement behind stacked seeds.
 
 Stacking R runs of one configuration into one model with a leading run axis (``torch.func.vmap``
@@ -30,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench  # noqa: E402,F401  (first: it sets the numerics mode before torch loads)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.func import vmap  # noqa: E402
 
-import bench  # noqa: E402,F401  (sets the numerics mode before torch loads)
 from bench.machine import numerics  # noqa: E402
 from bench.results import cpu_model  # noqa: E402
 
