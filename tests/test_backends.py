@@ -35,6 +35,24 @@ def test_a_ray_address_that_does_not_answer_fails_in_one_line():
     assert time.monotonic() - start < 5
 
 
+def test_ray_address_from_the_environment_and_the_client_form_get_the_same_check(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="RAY_ADDRESS 127.0.0.1:1: nothing answers there"):
+        check_ray_address(None, timeout=2)
+    assert time.monotonic() - start < 5
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(ConfigError, match="'ray://nohost' is invalid"):
+        check_ray_address("ray://nohost")
+    import importlib.util
+    if importlib.util.find_spec("grpc") is None:  # the ray extra does not install the client
+        with pytest.raises(ConfigError, match=r"needs Ray's client \(pip install 'ray\[client\]'\)"):
+            check_ray_address("ray://127.0.0.1:1")
+    else:
+        with pytest.raises(ConfigError, match="nothing answers there"):
+            check_ray_address("ray://127.0.0.1:1", timeout=2)
+
+
 def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_path, monkeypatch):
     """A portable run's task reserves 2 CPUs; on a cluster whose nodes have 1 CPU each Ray would
     wait forever, so the suite refuses before submitting anything (Ray itself replaced by a

@@ -87,20 +87,34 @@ def die_with_parent(parent: int) -> None:
 
 
 def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
-    """ConfigError in one line for an address that is malformed or where nothing answers
-    within ``timeout`` seconds (Ray itself retries for minutes, warning every 10 s)."""
-    if address in (None, "auto", "local") or address.startswith("ray://"):
+    """ConfigError in one line for an address (``--ray-address``, else ``RAY_ADDRESS``) that is
+    malformed, or where nothing answers within ``timeout`` seconds (Ray itself retries for
+    minutes, warning every 10 s), in either form: HOST:PORT of a head, or ``ray://HOST:PORT``
+    of a Ray client server, which also needs the client's library (``ray[client]``)."""
+    name = "--ray-address"
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address, name = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    if address in (None, "auto", "local"):
         return
-    host, _, port = address.rpartition(":")
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--ray-address {address!r} is invalid; allowed: HOST:PORT of a Ray "
-                          "head (ray start --head prints it), auto, or none for a local Ray")
+        raise ConfigError(f"{name} {address!r} is invalid; allowed: HOST:PORT of a Ray head "
+                          "(ray start --head prints it), ray://HOST:PORT of a Ray client "
+                          "server, auto, or none for a local Ray")
+    if client:
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise ConfigError(f"{name} {address}: a ray:// address needs Ray's client (pip "
+                              "install 'ray[client]'); allowed without it: HOST:PORT of the "
+                              "head, or --backend local")
     import socket
 
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise ConfigError(f"--ray-address {address}: nothing answers there within {timeout:g} s "
+        raise ConfigError(f"{name} {address}: nothing answers there within {timeout:g} s "
                           f"({e.strerror or type(e).__name__}); allowed: the address `ray start "
                           "--head` printed, or --backend local") from None
 
