@@ -147,6 +147,23 @@ def test_a_foreign_checkpoint_is_skipped_in_one_line(tmp_path, capsys):
     assert "is a snapshot of another run (this-run)" in capsys.readouterr().err
 
 
+def test_a_checkpoint_missing_keys_is_skipped_for_the_one_before_it(tmp_path, capsys):
+    """The right shapes but fewer keys (a resume would raise KeyError on every rerun): skipped
+    in one line like a corrupt one, and the one before it is used."""
+    from bench.training.checkpoints import SNAPSHOT_KEYS
+
+    ck = Checkpoints(tmp_path / "ck", 1, identity="run")
+    full = {k: 0 for k in SNAPSHOT_KEYS} | {"model": {}, "rng": {}}
+    ck.save(1, {**full, "epoch": 1})
+    ck.save(2, {k: v for k, v in full.items() if k not in ("initial", "optimizers")})
+    capsys.readouterr()
+    state = ck.latest()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert state is not None and state["epoch"] == 1
+    assert len(err) == 1 and "epoch-000002.pt lacks initial, optimizers of a mid-run " \
+        "checkpoint" in err[0], err
+
+
 def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1 vs 2")

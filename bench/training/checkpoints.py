@@ -31,6 +31,11 @@ def snapshot(epoch: int, step: int, trainer, variant, streams, result, seconds: 
             "convergence": convergence.state() if convergence is not None else None}
 
 
+#: what ``restore`` reads of a snapshot (``convergence`` is optional: older snapshots lack it)
+SNAPSHOT_KEYS = frozenset({"epoch", "step", "model", "optimizers", "lr", "factor", "initial",
+                           "rng", "history", "variant", "seconds", "diagnostics_seconds"})
+
+
 def restore(state: dict, trainer, variant, streams, result, convergence=None):
     """Load a ``snapshot``; returns (first epoch to train, step, seconds trained before)."""
     trainer.model.load_state_dict(state["model"])
@@ -85,6 +90,9 @@ class Checkpoints:
     def _foreign(self, state) -> str | None:
         if not isinstance(state, dict) or not {"epoch", "step", "model", "rng"} <= set(state):
             return "is not a mid-run checkpoint"
+        missing = sorted(SNAPSHOT_KEYS - set(state))
+        if missing:  # what restore reads: a resume would fail on it every time
+            return f"lacks {', '.join(missing)} of a mid-run checkpoint"
         run = state.get("run")
         if self.identity is not None and run is not None and run != self.identity:
             return f"is a snapshot of another run ({run})"
