@@ -57,6 +57,19 @@ def foreign_checkpoint(tmp: Path, payload: str) -> None:
         torch.save({"weight": torch.zeros(3), "obj": Path("/etc/passwd")}, run / "model.pt")
 
 
+def huge_npz(tmp: Path) -> None:
+    """An .npz whose array headers claim (10^8, 10^6) float32s: 400 TB, in a few bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (10**8, 10**6)})
+    with zipfile.ZipFile(tmp / "huge.npz", "w") as z:
+        z.writestr("train.npy", buf.getvalue())
+        z.writestr("test.npy", buf.getvalue())
+
+
 CASES = [
     Case("unknown variant", ["run", "--variant", "vq"], "unknown variant 'vq'; allowed: vae"),
     Case("unknown dataset", ["run", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
@@ -112,6 +125,10 @@ CASES = [
          setup=lambda t: foreign_checkpoint(t, "tensors")),
     Case("pickle payload", ["evaluate", "{run}"], "(Weights only load failed.",
          setup=lambda t: foreign_checkpoint(t, "pickle")),
+    Case("npz header claiming 400 TB", ["run", "--dataset", "{tmp}/huge.npz"],
+         "its arrays claim 372,529.0 GiB (array 'train'", setup=lambda t: huge_npz(t)),
+    Case("npz link to /dev/zero", ["run", "--dataset", "{tmp}/zero.npz"],
+         "zero.npz: not a regular file", setup=lambda t: (t / "zero.npz").symlink_to("/dev/zero")),
     Case("unwritable results", ["run", *SMALL, "--out", "/proc/vae-bench"],
          "/proc/vae-bench: results directory is not writable", code=1),
     Case("unwritable suite results", ["suite", "--profile", "smoke", "--results", "/proc/x"],

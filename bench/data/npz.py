@@ -15,6 +15,7 @@ NaN, empty, mismatched shapes) is refused in one line naming the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from pathlib import Path
 
@@ -44,9 +45,13 @@ def file_digest(name: str) -> str:
     except OSError as e:
         raise DataError(f"dataset file {name}: cannot read it ({e.strerror}); allowed: an "
                         "existing .npz file with train and test arrays") from None
+    if not path.is_file():  # a directory, a FIFO, a device (a link to /dev/zero): never read
+        raise DataError(f"dataset file {name}: not a regular file; allowed: an .npz file with "
+                        "train and test arrays")
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _digests:
-        _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as f:  # in chunks: the file is not held in memory for this
+            _digests[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _digests[key]
 
 
@@ -64,13 +69,35 @@ def _arrays(name: str) -> dict[str, np.ndarray]:
                 has = ", ".join(sorted(keys)) or "nothing"
                 raise DataError(f"dataset file {name}: {what} (has: {has}); allowed: train, "
                                 "test and optionally valid")
-            return {k: z[k] for k in (*REQUIRED, *OPTIONAL) if k in keys}
+            wanted = [k for k in (*REQUIRED, *OPTIONAL) if k in keys]
+            _check_claims(name, z, wanted)
+            return {k: z[k] for k in wanted}
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"dataset file {name}: not a readable .npz ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); allowed: a file "
                         "written by numpy.savez with train and test arrays") from None
+
+
+def _check_claims(name: str, z, keys: list[str]) -> None:
+    """DataError before anything is read when the arrays' headers claim more bytes than this
+    process may still use (``machine.budget``): a header can claim any shape."""
+    from ..machine.budget import available_bytes
+
+    have = available_bytes()
+    total = 0
+    for k in keys:
+        with z.zip.open(f"{k}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        total += math.prod(shape) * dtype.itemsize
+        if have is not None and total > have:
+            raise DataError(f"dataset file {name}: its arrays claim {total / 2**30:,.1f} GiB "
+                            f"(array {k!r}: shape {shape}, {dtype}), more than the "
+                            f"{have / 2**30:.1f} GiB available; allowed: a file that fits")
 
 
 def _checked(name: str, key: str, a: np.ndarray, point_shape: tuple | None) -> np.ndarray:
