@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .schema import metrics_problem
+
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "env.json", "model.pt")
 
 
@@ -110,7 +112,13 @@ def history_csv(rows: list[dict]) -> str:
 
 def write_run(target: Path, *, config: dict, metrics: dict, history: list[dict], env: dict,
               state_dict: dict | None, previews: dict[str, np.ndarray] | None = None) -> Path:
-    """Write a run directory atomically; an existing complete ``target`` is left untouched."""
+    """Write a run directory atomically; an existing complete ``target`` is left untouched. A
+    run whose metrics do not make a finished record (``schema.metrics_problem``: a NaN NLL) is
+    written as failed, with the reason, not as a record every resume would set aside."""
+    problem = metrics_problem(metrics)
+    if problem and metrics.get("status") == "ok":
+        metrics = {**metrics, "status": "failed", "error": f"its metrics are not a finished "
+                   f"record: {problem}"}
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         raise FileExistsError(f"{target} exists; run directories are never overwritten")
@@ -169,7 +177,6 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-STATUSES = ("ok", "failed", "diverged")
 #: errors of the machine, not of the model: such a failure is retried, never trusted as a result
 TRANSIENT = ("OSError", "PermissionError", "FileNotFoundError", "MemoryError", "DataError",
              "BrokenProcessPool", "unexpected pos", "enforce fail", "No space left",
@@ -184,11 +191,9 @@ def damage(path: Path) -> str | None:
         return f"{path}: no metrics.json"
     except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
         return f"{path / 'metrics.json'}: unreadable ({type(e).__name__})"
-    if not isinstance(metrics, dict) or metrics.get("status") not in STATUSES:
-        return f"{path / 'metrics.json'}: no status among {', '.join(STATUSES)}"
-    if metrics["status"] == "ok" and not all(
-            isinstance(metrics.get(k), (int, float)) for k in ("nll_is", "neg_elbo", "kl")):
-        return f"{path / 'metrics.json'}: a finished run without numeric nll_is, neg_elbo, kl"
+    problem = metrics_problem(metrics)  # the record's schema (bench.schema)
+    if problem:
+        return f"{path / 'metrics.json'}: {problem}"
     try:
         config = read_json(path / "config.json")
         if not isinstance(config, dict) or not {"variant", "model", "train", "eval"} <= set(config):

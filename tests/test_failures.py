@@ -68,7 +68,8 @@ def test_old_failed_records_of_a_machine_fault_are_retried(tmp_path, lagging_tom
 
 
 @pytest.mark.parametrize("damage", ["broken-json", "list", "text-metric", "no-metrics",
-                                    "broken-config", "broken-history"])
+                                    "broken-config", "broken-history", "boolean-metric",
+                                    "nan-nll", "text-count"])
 def test_a_damaged_record_is_named_set_aside_and_retrained(tmp_path, capsys, damage):
     cfg = resolve(apply_overrides(RunConfig(), {"dataset": "digits", "dtype": "float64",
                                                 "model.hidden": "16", "model.latent_dim": 4,
@@ -78,6 +79,9 @@ def test_a_damaged_record_is_named_set_aside_and_retrained(tmp_path, capsys, dam
     edit = {"broken-json": ("metrics.json", '{"status": "ok", '),
             "list": ("metrics.json", "[]"),
             "text-metric": ("metrics.json", json.dumps({**before, "nll_is": "ninety"})),
+            "boolean-metric": ("metrics.json", json.dumps({**before, "nll_is": True})),
+            "nan-nll": ("metrics.json", json.dumps({**before, "nll_is": float("nan")})),
+            "text-count": ("metrics.json", json.dumps({**before, "active_units": "4"})),
             "broken-config": ("config.json", "{"),
             "broken-history": ("history.csv", "garbage\n")}
     if damage == "no-metrics":
@@ -180,3 +184,13 @@ def test_transient_and_permanent_failures_are_told_apart():
     assert transient(MemoryError())
     assert not transient(ConfigError("model.decoder=x is invalid"))
     assert not transient(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_a_run_whose_nll_is_not_finite_is_written_as_failed_not_as_finished(tmp_path):
+    target = tmp_path / "run"
+    results.write_run(target, config={"variant": "vae", "model": {}, "train": {}, "eval": {}},
+                      metrics={"status": "ok", "nll_is": float("nan"), "neg_elbo": 1.0,
+                               "kl": 0.5}, history=[], env={}, state_dict=None)
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "'nll_is' is nan" in metrics["error"]
+    assert results.damage(target) is None  # a failed record, not a damaged one

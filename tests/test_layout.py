@@ -97,7 +97,7 @@ def test_every_module_holds_one_idea(name):
 #: bench's layers, lowest first: a module may import its own layer and those below it, never one
 #: above (``bench.cli`` and ``bench.contract`` sit on top of everything).
 LAYERS = (
-    ("bench.machine", "bench.seeding", "bench.results"),
+    ("bench.machine", "bench.seeding", "bench.schema", "bench.results"),
     ("bench.data", "bench.config", "bench.keys", "bench.identity"),
     ("bench.training", "bench.evaluation"),
     ("bench.grid", "bench.throughput"),
