@@ -5,10 +5,13 @@ torch keeps process-wide settings that a variant may change, at import, construc
 step: the default dtype, the intra-op thread count, flushing denormals to zero, the float32
 matmul precision, grad mode, anomaly detection, and the global random generators (torch's,
 NumPy's, Python's). In an in-process suite each run would start from whatever the runs before it
-left. ``reset`` puts each back as this process found it (a fresh process's state, what a run
-alone sees) at the start of every run; the numerics mode's own settings (``numerics.apply``:
-threads and oneDNN in portable mode) and the determinism flags (``seeding.set_deterministic``)
-are made after it, per run, as before. ``state`` is what env.json records (``torch_state``).
+left. ``reset`` puts each back as a fresh process has it (what a run alone sees) at the start of
+every run: the settings as this process found them, torch's generator at its fixed starting
+state, NumPy's and Python's freshly seeded from entropy, as every process starts them (so code
+that draws from them unseeded stays irreproducible, which the variant contract detects). The
+numerics mode's own settings (``numerics.apply``: threads and oneDNN in portable mode) and the
+determinism flags (``seeding.set_deterministic``) are made after it, per run, as before.
+``state`` is what env.json records (``torch_state``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import torch
 def _snapshot() -> dict:
     return {"default_dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate()}
+            "torch_rng": torch.get_rng_state()}
 
 
 #: as this process found it, before any run or user code changed it
@@ -50,9 +52,9 @@ def reset(threads: int | None = None) -> None:
     torch.set_grad_enabled(True)
     torch.autograd.set_detect_anomaly(False)
     torch.set_flush_denormal(False)
-    torch.set_rng_state(_FRESH["torch_rng"])
-    np.random.set_state(_FRESH["numpy_rng"])
-    random.setstate(_FRESH["python_rng"])
+    torch.set_rng_state(_FRESH["torch_rng"])  # torch starts every process from one fixed seed
+    np.random.seed()  # NumPy and Python start each process from fresh entropy: so does a run
+    random.seed()  # (code drawing from them unseeded stays visibly irreproducible: the contract)
 
 
 def state() -> dict:
@@ -61,4 +63,5 @@ def state() -> dict:
     return {"default_dtype": str(torch.get_default_dtype()), "threads": torch.get_num_threads(),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "grad_enabled": torch.is_grad_enabled(), "anomaly_detection": torch.is_anomaly_enabled(),
-            "flush_denormal": False, "global_rngs": "as the process started (torch, numpy, random)"}
+            "flush_denormal": False,
+            "global_rngs": "torch's as a process starts; numpy's and random's freshly seeded"}
