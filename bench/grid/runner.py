@@ -25,7 +25,7 @@ from variants.core import VAE
 from variants.errors import ConfigError
 
 from .. import data
-from ..config import SUITE_VERSION, RunConfig, check_fields, from_dict, resolve, to_dict
+from ..config import SUITE_VERSION, RunConfig, check_fields, from_dict, to_dict, validate
 from ..data import builtin
 from ..evaluation.metrics import (
     active_directions,
@@ -333,13 +333,13 @@ def load_run(run_dir: Path, data_dir: str | None = None):
     try:  # checked as a run's config is before training (sizes, types, ranges, memory); the
         cfg = from_dict(read_json(run_dir / "config.json"))  # record's own is what is used
         check_fields(cfg)
-        resolve(cfg)
+        _, variant = validate(cfg)  # built once: the model below gets it
     except ConfigError as e:
         raise ConfigError(f"{run_dir / 'config.json'}: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{run_dir / 'config.json'}: not a vae-bench config ({e})") from None
     dataset = load_dataset(cfg, data_dir)
-    model, _ = build_model(cfg, dataset)
+    model, _ = build_model(cfg, dataset, variant=variant)
     try:
         state = torch.load(run_dir / "model.pt", map_location=cfg.device, weights_only=True)
         model.load_state_dict(state)
