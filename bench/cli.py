@@ -89,7 +89,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
     runs = grid(profile)  # every run resolved once, for the grid and its AIS records
     if args.dry_run:
-        rows, line = dry_run(profile, Path(args.results), runs)
+        rows, line = dry_run(profile, Path(args.results), runs, args.stack)
         width = max(len(r["label"]) for r in rows)
         for r in rows:
             print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}"
@@ -104,7 +104,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         return 0
     counts = {} if args.ais_only else run_suite(
         profile, Path(args.results), args.jobs, args.data_dir, backend=args.backend,
-        ray_address=args.ray_address, runs=runs)
+        ray_address=args.ray_address, runs=runs, stack=args.stack)
     counts.update(attach_all(profile, Path(args.results), args.data_dir, runs))
     print(json.dumps(counts, sort_keys=True))
     return 1 if any(k.startswith("failed") for k in counts) else 0
@@ -182,6 +182,12 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     from .training.model import check_device
 
     check_device(args.device)
+    if args.stack is not None:
+        from .throughput.stacking import measure_and_save
+
+        print(measure_and_save(args.device, args.decoder, tuple(args.stack), args.batch_size,
+                               Path(args.results)))
+        return 0
     if args.variant:
         from variants import resolve
 
@@ -293,6 +299,10 @@ def parser() -> argparse.ArgumentParser:
                    help="repeatable: add a configuration of this variant (a name or module:Class) "
                    "to the profile, as profile PROFILE+VARIANT that copies the profile's finished "
                    "runs and trains only the new ones")
+    s.add_argument("--stack", choices=("auto", "off"), default=None,
+                   help="auto: the seeds of a configuration train together as one stacked "
+                   "model, bit for bit as alone, where they can; off: every run alone (default: "
+                   "the profile's stack key, auto)")
     s.add_argument("--ais-only", action="store_true",
                    help="train nothing: only the AIS records (eval.ais_points) that finished "
                         "runs lack (the suite computes them after its grid anyway)")
@@ -334,6 +344,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--decoder", choices=("mlp", "made", "pixelcnn"), default="mlp",
                    help="decoder family (made, pixelcnn: the plain VAE unless --variant names "
                    "others; against a hand-written loop for the same decoder)")
+    t.add_argument("--stack", type=_positive_int, nargs="*", metavar="R",
+                   help="instead: per-run steps/s of R runs trained stacked against the same "
+                   "runs stepped separately (default R = 1 3 5; MLP and MADE unless --decoder "
+                   "made), saved as results/throughput/stack-cpu.json")
     t.add_argument("--results", default="results")
     t.set_defaults(func=cmd_throughput)
 

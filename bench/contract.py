@@ -7,9 +7,10 @@
 It checks, on tiny digits runs in float64 (seconds per decoder): the hyperparameters are declared
 ``Param``s and the defaults validate; a training loss is finite and reaches every trainable
 parameter; the variant's state survives a checkpoint (``state`` / ``load_state``); the same seed
-twice gives identical metrics, all finite; and, where the class declares ``neutral``
-hyperparameters, that setting reproduces the plain ``vae`` exactly. The first failure raises a
-``ContractError`` in one line naming the variant, its file and the check.
+twice gives identical metrics, all finite; where it stacks (``Variant.stacking``), two seeds
+trained together give each seed's numbers alone, bit for bit; and, where the class declares
+``neutral`` hyperparameters, that setting reproduces the plain ``vae`` exactly. The first
+failure raises a ``ContractError`` in one line naming the variant, its file and the check.
 ``tests/test_variants.py`` holds the built-in variants to the same checks, and more.
 """
 
@@ -24,10 +25,12 @@ import torch
 
 from variants import Variant, create, resolve
 from variants.errors import ConfigError
-from variants.factory import build_vae
+from variants.factory import build_vae, stacking
 
 from .config import RunConfig, apply_overrides
 from .grid.runner import TIMINGS, execute
+from .grid.stack import execute_stack
+from .identity import resolve_run
 
 #: the tiny run of the checks: digits, float64, 2 epochs of a 32-unit model
 TINY = {"dataset": "digits", "dtype": "float64", "train.epochs": 2, "model.hidden": "32",
@@ -118,6 +121,18 @@ def check_variant(spec: str, workdir: str | Path, decoders: tuple[str, ...] = ("
                if not math.isfinite(a.get(k, math.nan))]
         if bad:
             fail(f"finite metrics ({decoder})", f"{bad[0]} = {a.get(bad[0])}")
+        if stacking(create(spec), decoder) is None:  # it says it stacks: bit for bit as alone
+            one, _ = tiny_run(Path(workdir) / "contract-a", spec, decoder, seed=1)
+            runs = [resolve_run(apply_overrides(RunConfig(), {
+                **TINY, **DECODERS[decoder][0], "variant": spec, "seed": s})) for s in (0, 1)]
+            got = [json.loads((p / "metrics.json").read_text())
+                   for p in execute_stack(runs, Path(workdir) / "contract-stacked")]
+            for alone, stacked in ((a, got[0]), (one, got[1])):
+                if stable(alone) != stable(stacked):
+                    moved = sorted(k for k in stable(alone) if alone.get(k) != stacked.get(k))
+                    fail(f"two seeds stacked give the numbers of each alone ({decoder}; or say "
+                         "why it cannot stack: Variant.stacking)",
+                         f"{moved[0] if moved else 'the set of metrics'} differs")
         if _declares_neutral(cls) and cls.neutral is not None:
             plain, _ = tiny_run(Path(workdir) / "contract-vae", "vae", decoder)
             same, _ = tiny_run(Path(workdir) / "contract-neutral", spec, decoder, **cls.neutral)

@@ -72,5 +72,5 @@ def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_pa
     assert run.config.numerics == "portable"
     with pytest.raises(ConfigError, match="reserves 2 CPUs .* no node of this Ray cluster has "
                                           "more than 1;"):
-        list(_ray([run], tmp_path, None, None))
+        list(_ray([[run]], tmp_path, None, None))
     assert not submitted

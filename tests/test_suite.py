@@ -273,9 +273,9 @@ def test_the_suite_submits_the_longest_runs_first(tmp_path, monkeypatch):
         {"vae": 12.0, "iwae": 52.0}
     submitted = []
 
-    def record(stage, out, data_dir, jobs):
-        submitted.extend((r.config.variant, r.config.seed) for r in stage)
-        return ["ok"] * len(stage)
+    def record(units, out, data_dir, jobs):  # a unit: one run, or the seeds of a stack
+        submitted.extend((r.config.variant, r.config.seed) for unit in units for r in unit)
+        return ["ok"] * sum(len(unit) for unit in units)
 
     monkeypatch.setattr(suite, "COMMITTED", committed)
     monkeypatch.setattr(suite, "_local", record)

@@ -19,7 +19,10 @@ A variant changes one thing by overriding one hook (docs/design.md, section 2, i
   optimizers by part (model, encoder, decoder; every step clipped at ``train.clip``), fresh
   minibatches, the validation MI by minibatch, the weights (a snapshot, the initial ones, a
   fresh draw); a procedure never builds its own loop;
-- ``check_protocol(train)``: refuse a training protocol the variant cannot work under.
+- ``check_protocol(train)``: refuse a training protocol the variant cannot work under;
+- ``stacking()``: None where the seeds of one configuration may train together as one stacked
+  model (``bench.training.stacked``), else why not (default: a variant with its own
+  ``train_step`` does not stack).
 
 Whatever a variant optimizes, the reported metrics use the unmodified ELBO (``bench.evaluation.metrics``).
 """
@@ -180,6 +183,15 @@ class Variant:
     def check_protocol(self, train) -> None:
         """Refuse, with a ConfigError, a training protocol (``bench.config.TrainConfig``, resolved)
         under which this variant cannot work (checked before anything is trained)."""
+
+    def stacking(self) -> str | None:
+        """None where this variant's seeds can train stacked, bit for bit as alone
+        (``bench.training.stacked``: one batched forward pass of the default step); else the
+        reason, in a few words. A procedure of its own (``train_step``) does not stack: its
+        control flow is each run's own (an inner loop that stops on the run's own data)."""
+        if type(self).train_step is not Variant.train_step:
+            return "it has a training procedure of its own (train_step)"
+        return None
 
     def state(self) -> dict:
         """What the variant has learned about its run so far (aggressive mode and its rule,

@@ -78,6 +78,9 @@ class DUVAE(Variant):
     def kl_weight(self, step, total_steps):
         return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0
 
+    def stacking(self):
+        return "its dropout on the variances draws from torch's global generator"
+
     def sample_options(self, step, total_steps):
         ramp = self.hp["warmup"] * total_steps
         return {"annealed": step >= ramp} if ramp else {}

@@ -28,6 +28,21 @@ def build_vae(variant, input_dim: int, latent_dim: int, latent2_dim: int = 0,
     return VAE(input_dim, latent, head=variant.posterior_head(latent), **kwargs)
 
 
+def stacking(variant, decoder: str, latent2_dim: int = 0) -> str | None:
+    """None where runs of this model can train stacked, seeds together
+    (``bench.training.stacked``); else why not: the variant's reason
+    (``Variant.stacking``), the decoder family's, or the two-layer model's."""
+    from .decoders import stacking as decoder_stacking
+
+    why = variant.stacking()
+    if why:
+        return f"variant {variant.name}: {why}"
+    why = decoder_stacking(decoder)
+    if why:
+        return f"decoder {decoder}: {why}"
+    return TwoLayerVAE.stacking if latent2_dim else None
+
+
 def check_two_layers(variant, latent_dim: int) -> None:
     """ConfigError unless ``variant`` works with two stochastic layers: a Gaussian latent of
     size > 0 without a posterior head, and no reason of its own (``Variant.two_layers``)."""

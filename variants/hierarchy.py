@@ -193,6 +193,10 @@ class TwoLayerVAE(VAE):
     core's (the decoder reads h1), plus ``bottom_up`` (q(h2|h1)) and ``top_down`` (p(h1|h2)),
     MLPs with ``latent2_hidden`` widths (mirrored in ``top_down``) and the core's activation."""
 
+    #: why its runs do not train stacked: its posterior holds the model's networks, which a
+    #: stacked pass cannot hand back per run (``bench.training.stacked`` passes tensors)
+    stacking = "two stochastic layers: its posterior holds networks, not only tensors"
+
     generative_modules = ("decoder", "top_down")
 
     def __init__(self, input_dim: int, latent: GaussianLatent, latent2_dim: int,

@@ -56,6 +56,29 @@ def run_one(run: ResolvedRun | RunConfig, out: Path | str, data_dir: str | None,
         return "failed"
 
 
+def run_unit(unit: list, out: Path | str, data_dir: str | None, threads: int) -> list[str]:
+    """A unit of a grid's work (``bench.grid.stack.pack``): one run (``run_one``), or a stack of
+    runs of one configuration trained together (``bench.grid.stack.execute_stack``); the
+    statuses of its runs. A stack that fails as a whole (its code raised) is not recorded:
+    its runs then train alone, where a run's own failure is recorded as such."""
+    if len(unit) == 1:
+        return [run_one(unit[0], out, data_dir, threads)]
+    from ..machine.allocator import tune
+    from .stack import execute_stack
+
+    tune()
+    try:
+        paths = execute_stack([resolve_run(r) for r in unit], Path(out), data_dir)
+        return [read_json(p / "metrics.json")["status"] for p in paths]
+    except BaseException as e:
+        if is_ctrl_c(e):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"vae-bench: a stack of {len(unit)} runs failed ({type(e).__name__}: {first}); "
+              "they train alone", file=sys.stderr)
+        return [run_one(r, out, data_dir, threads) for r in unit]
+
+
 def record_failure(cfg: RunConfig, target: Path, error: str, trace: str = "") -> None:
     """A run that failed for a reason of its own, recorded as such (unless a record is there)."""
     if not target.exists():
@@ -132,26 +155,32 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.append(_TRACKER_LEAK)
 
 
-def _local(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int):
+def _local(units: list[list], out: Path, data_dir: str | None, jobs: int):
     """The embedded default: in this process for one job, else a process pool (a worker gets a
-    run's resolved config and resolves it once, in its own process).
+    unit's resolved configs and resolves them once, in its own process). ``units``: runs, or
+    stacks of runs (``bench.grid.stack.pack``), each yielding its runs' statuses.
 
     A worker that dies (user code calling ``os._exit``, a segfault, the kernel's OOM killer)
-    breaks the pool for every run in it: the runs left unfinished are rerun one at a time, each
-    in a fresh worker of its own, so the run that killed its worker is known. Retried once like
-    this, a run whose worker dies again is recorded as failed; the rest go back to the pool."""
+    breaks the pool for every unit in it: the units left unfinished are rerun one at a time,
+    each in a fresh worker of its own, so the unit that killed its worker is known; a stack
+    that kills its worker again is split into its runs, and a run whose worker dies again
+    alone is recorded as failed; the rest go back to the pool."""
     if jobs == 1:
-        for run in runs:
-            yield run_one(run, out, data_dir, 0)
+        for unit in units:
+            yield from run_unit(unit, out, data_dir, 0)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     _quiet_resource_tracker()
-    todo = list(runs)
+    todo = list(units)
     while todo:
         left = yield from _pool_pass(todo, out, data_dir, jobs, threads)
         todo = []
-        for i, run in enumerate(left):
-            if (yield from _pool_pass([run], out, data_dir, 1, threads)):  # it killed it alone too
+        for i, unit in enumerate(left):
+            if (yield from _pool_pass([unit], out, data_dir, 1, threads)):  # it killed it alone
+                if len(unit) > 1:
+                    todo = [[run] for run in unit] + left[i + 1:]
+                    break
+                run = unit[0]
                 record_failure(run.config, out / run.name, "its worker process died, in the pool "
                                "and again alone (os._exit, a crash or the OOM killer)")
                 yield "failed"
@@ -159,9 +188,8 @@ def _local(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int):
                 break
 
 
-def _pool_pass(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: int,
-               threads: int):
-    """Yields the statuses of ``runs`` run in a pool of ``jobs`` workers; returns the runs left
+def _pool_pass(units: list[list], out: Path, data_dir: str | None, jobs: int, threads: int):
+    """Yields the statuses of ``units`` run in a pool of ``jobs`` workers; returns the units left
     unfinished because a worker died (empty when none did)."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -169,23 +197,24 @@ def _pool_pass(runs: list[ResolvedRun], out: Path, data_dir: str | None, jobs: i
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(run_one, run.config, out, data_dir, threads): run for run in runs}
+        futures = {pool.submit(run_unit, [run.config for run in unit], out, data_dir, threads):
+                   unit for unit in units}
         seen = set()
         for fut in as_completed(futures):
             seen.add(fut)
             if isinstance(fut.exception(), BrokenProcessPool):
                 break
-            yield fut.result()
+            yield from fut.result()
         else:
             pool.shutdown()
             return []
         left = []
-        for fut, run in futures.items():  # finished before the break but not yet counted
+        for fut, unit in futures.items():  # finished before the break but not yet counted
             if fut.done() and fut.exception() is None:
                 if fut not in seen:
-                    yield fut.result()
+                    yield from fut.result()
             else:
-                left.append(run)
+                left.append(unit)
         pool.shutdown(wait=True, cancel_futures=True)
         return left
     except BaseException:  # Ctrl-C (or a failure here): stop the workers now, not after runs
@@ -221,19 +250,22 @@ def cpus_for(cfg: RunConfig) -> int:
     return numerics.PORTABLE_THREADS if cfg.numerics == "portable" else 1
 
 
-def _ray_task(cfg: RunConfig, out: str, data_dir: str | None, threads: int) -> str:
-    """A Ray task: ``run_one``, with the node that ran it recorded in the run's env.json."""
+def _ray_task(cfgs: list[RunConfig], out: str, data_dir: str | None,
+              threads: int) -> list[str]:
+    """A Ray task: ``run_unit`` (one run or a stack), with the node that ran it recorded in
+    its runs' env.json."""
     import ray
 
     os.environ["VAE_BENCH_EXECUTOR"] = f"ray node {ray.get_runtime_context().get_node_id()}"
-    return run_one(cfg, out, data_dir, threads)
+    return run_unit(cfgs, out, data_dir, threads)
 
 
-def _ray(runs: list[ResolvedRun], out: Path, data_dir: str | None, address: str | None):
-    """One Ray task per run (``cpus_for`` CPUs, 1 GPU for cuda runs), retried when a worker dies.
-    Every task writes its own record under ``out``, which must be on storage the workers share;
-    the driver only counts statuses. ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
-    configs = [run.config for run in runs]  # each task resolves its run once, on its node
+def _ray(units: list[list], out: Path, data_dir: str | None, address: str | None):
+    """One Ray task per unit (a run, or a stack of runs: ``bench.grid.stack.pack``; ``cpus_for``
+    CPUs, 1 GPU for cuda runs), retried when a worker dies. Every task writes its runs' records
+    under ``out``, which must be on storage the workers share; the driver only counts statuses.
+    ``address``: None starts a local Ray unless RAY_ADDRESS is set."""
+    configs = [run.config for unit in units for run in unit]  # each task resolves its runs
     check_ray_address(address)
     _ray_token_auth(address)  # before ray is imported: it reads the mode as it loads
     try:
@@ -260,20 +292,27 @@ def _ray(runs: list[ResolvedRun], out: Path, data_dir: str | None, address: str 
                           f"of this Ray cluster has more than {most:g}; allowed: nodes started "
                           f"with --num-cpus >= {need}, or numerics=native (1 CPU per run)")
     task = ray.remote(_ray_task)
-    refs = [task.options(num_cpus=cpus_for(cfg), num_gpus=1 if cfg.device == "cuda" else 0,
-                         max_retries=3, retry_exceptions=False,
-                         # a worker loads torch in the run's numerics mode (one that loaded it
-                         # otherwise runs the task in a fresh process of that mode)
-                         runtime_env={"env_vars": numerics.environment_for(cfg.numerics, {})})
-            .remote(cfg, str(out.resolve()), data_dir, 1) for cfg in configs]
-    run_of = dict(zip(refs, runs, strict=True))
+    refs = []
+    for unit in units:
+        cfg = unit[0].config  # a stack's runs share all but the seed
+        refs.append(task.options(num_cpus=cpus_for(cfg),
+                                 num_gpus=1 if cfg.device == "cuda" else 0,
+                                 max_retries=3, retry_exceptions=False,
+                                 # a worker loads torch in the run's numerics mode (one that
+                                 # loaded it otherwise runs the task in a fresh process of it)
+                                 runtime_env={"env_vars": numerics.environment_for(cfg.numerics,
+                                                                                   {})})
+                    .remote([run.config for run in unit], str(out.resolve()), data_dir, 1))
+    unit_of = dict(zip(refs, units, strict=True))
     while refs:
         done, refs = ray.wait(refs, num_returns=1)
         try:
-            yield ray.get(done[0])
-        except ray.exceptions.RayError as e:  # its worker died on every try (run_one catches
-            run = run_of[done[0]]             # whatever the run's own code raises)
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            record_failure(run.config, out / run.name, f"its Ray worker died on each of 4 tries "
-                           f"({type(e).__name__}: {first})")
-            yield "failed"
+            statuses = ray.get(done[0])
+        except ray.exceptions.RayError as e:  # its worker died on every try (run_unit catches
+            first = (str(e).strip().splitlines() or [""])[0][:200]  # what the runs raise)
+            statuses = []
+            for run in unit_of[done[0]]:
+                record_failure(run.config, out / run.name, f"its Ray worker died on each of 4 "
+                               f"tries ({type(e).__name__}: {first})")
+                statuses.append("failed")
+        yield from statuses

@@ -8,8 +8,9 @@ to set beside a configuration where the protocol is comparable. Optional ``[[gro
 then groups x configurations x seeds, labelled "group / configuration". ``inherits = "default"``
 merges the parent's ``[profile]`` and ``[defaults]`` and keeps its configurations (and groups,
 published numbers) unless the child lists its own. ``[profile]`` may also name ``reuse``
-(profiles whose finished runs are copied in), ``columns`` (more metrics in the main table) and
-``screening`` (a quicker profile of the same configurations that the report reads beside it).
+(profiles whose finished runs are copied in), ``columns`` (more metrics in the main table),
+``screening`` (a quicker profile of the same configurations that the report reads beside it),
+and ``stack`` / ``stack_size`` (seeds trained together: ``bench.grid.stack``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Profile:
     #: a quicker profile of the same configurations whose conclusions the report checks against
     #: this one's (bench/report/screening.py)
     screening: str = ""
+    #: whether the seeds of a configuration train together as one stacked model (``auto``, the
+    #: default) or each alone (``off``), and the most runs in one stack (``bench.grid.stack``)
+    stack: str = "auto"
+    stack_size: int = 5
 
 
 def profile_names() -> list[str]:
@@ -112,7 +117,8 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
         parent = load_profile(raw["inherits"], (*_chain, key))
         meta = {"description": parent.description, "seeds": list(parent.seeds),
                 "budget": parent.budget, "baseline": parent.baseline, "floor": parent.floor,
-                "columns": list(parent.columns), **raw.get("profile", {})}
+                "columns": list(parent.columns), "stack": parent.stack,
+                "stack_size": parent.stack_size, **raw.get("profile", {})}
         defaults = {**parent.defaults, **raw.get("defaults", {})}
         configs = raw.get("config", list(parent.configs))
         published = raw.get("published", list(parent.published))
@@ -157,6 +163,12 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     if not isinstance(screening, str) or screening == name:
         raise ConfigError(f"profile {name!r}: screening={screening!r} is invalid; allowed: the "
                           "name of another profile")
+    stack, stack_size = meta.get("stack", "auto"), meta.get("stack_size", 5)
+    if stack not in ("auto", "off"):
+        raise ConfigError(f"profile {name!r}: stack={stack!r} is invalid; allowed: auto, off")
+    if not isinstance(stack_size, int) or isinstance(stack_size, bool) or stack_size < 1:
+        raise ConfigError(f"profile {name!r}: stack_size={stack_size!r} is invalid; allowed: an "
+                          "integer >= 1 (1: every run alone)")
     labels = [c["label"] for c in configs]
     for key in ("baseline", "floor"):
         if meta.get(key) and meta[key] not in labels:
@@ -165,7 +177,7 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
                    meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse),
-                   tuple(columns), screening)
+                   tuple(columns), screening, stack, stack_size)
 
 
 def with_variants(profile: Profile, specs: list[str]) -> Profile:

@@ -25,6 +25,7 @@ from ..identity import ResolvedRun, checkpoint_dir
 from ..results import damage, ensure_writable, finished, git_dirty, read_json, retry_reason
 from .backends import BACKENDS, _local, _ray, run_one
 from .profile import Profile, grid, group_of, load_profile, profile_names, with_variants
+from .stack import pack
 
 __all__ = ["BACKENDS", "Profile", "cost_estimates", "dry_run", "grid", "group_of",
            "load_profile", "longest_first", "pending", "profile_names", "run_one", "run_suite",
@@ -146,7 +147,8 @@ def longest_first(todo: Runs, estimates: dict[str, float]) -> list[ResolvedRun]:
     return [todo[i][1] for i in order]
 
 
-def dry_run(profile: Profile, results: Path, runs: Runs | None = None) -> tuple[list[dict], str]:
+def dry_run(profile: Profile, results: Path, runs: Runs | None = None,
+            stack: str | None = None) -> tuple[list[dict], str]:
     """What ``run_suite`` would do, without training: one row per grid point (label, seed, run
     name, ``done`` / ``pending`` / ``resumable`` when a mid-run checkpoint exists), and a line
     estimating the pending runs' cost from the finished runs of the same configuration
@@ -169,21 +171,55 @@ def dry_run(profile: Profile, results: Path, runs: Runs | None = None) -> tuple[
     todo = [r for r in rows if r["status"] not in ("done", "reused")]
     known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
              if r["label"] in seconds]
+    names = {r["run"] for r in todo}
+    units, alone = pack([run for _, run in runs if run.name in names], stack or profile.stack,
+                        profile.stack_size)
     line = (f"{len(rows)} runs: {len(rows) - len(todo)} done"
             + (f" (of them {sum(r['status'] == 'reused' for r in rows)} to copy from "
                f"{', '.join(profile.reuse)})" if profile.reuse else "")
             + f", {len(todo)} to run; estimated "
             f"{sum(known) / 60:.1f} min for the {len(known)} of them whose configuration has a "
             f"finished seed" + (f", no estimate for {len(todo) - len(known)}"
-                                if len(todo) > len(known) else ""))
+                                if len(todo) > len(known) else "")
+            + f"; {packing_line(units, alone)}" + stack_gain_note(units))
     return rows, line
+
+
+def stack_gain_note(units: list[list[ResolvedRun]]) -> str:
+    """What stacking is measured to save (``results/throughput/stack-cpu.json``, the per-run
+    gain of the MLP at each stack size): the estimate above is of runs alone."""
+    measured = COMMITTED / "throughput" / "stack-cpu.json"
+    sizes = sorted({len(u) for u in units if len(u) > 1})
+    if not sizes or not measured.is_file():
+        return ""
+    try:
+        rows = [r for r in read_json(measured)["rows"] if r["decoder"] == "mlp" and "gain" in r]
+    except (ValueError, KeyError, TypeError, ConfigError):
+        return ""
+    gains = {r["runs"]: r["gain"] for r in rows}
+    known = [f"{gains[s]:.2f}x at {s}" for s in sizes if s in gains]
+    return (f" (stacked, the MLP's per-run step was measured {', '.join(known)}: the estimate "
+            "is of runs alone)") if known else ""
+
+
+def packing_line(units: list[list[ResolvedRun]], alone: dict[str, str]) -> str:
+    """One line: how the runs to do are packed into stacks, and why the others train alone."""
+    sizes = Counter(len(u) for u in units if len(u) > 1)
+    why = Counter(alone.values())
+    stacks = ", ".join(f"{n} of {size}" for size, n in sorted(sizes.items(), reverse=True))
+    singles = sum(len(u) == 1 for u in units)
+    reasons = "; ".join(f"{n}: {w}" for w, n in why.most_common())
+    return (f"stacking: {sum(sizes.values())} stacks ({stacks or 'none'}), {singles} runs alone"
+            + (f" ({reasons})" if reasons else ""))
 
 
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
               progress: bool | None = None, backend: str = "local",
               ray_address: str | None = None,
-              runs: Runs | None = None) -> dict:
-    """Run every missing grid point on a backend; return counts of what was done."""
+              runs: Runs | None = None, stack: str | None = None) -> dict:
+    """Run every missing grid point on a backend; return counts of what was done. The seeds of
+    a configuration train stacked (``bench.grid.stack``) unless ``stack`` (default: the
+    profile's) is ``off``; a line on stderr says how the runs were packed."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = runs_dir(results, profile)
@@ -204,9 +240,13 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
     if reused:
         counts["reused"] = reused
     start = time.perf_counter()
+    mode = profile.stack if stack is None else stack
     for i, stage in enumerate(stages(todo, out)):
-        statuses = _ray(stage, out, data_dir, ray_address) if backend == "ray" \
-            else _local(stage, out, data_dir, jobs)
+        units, alone = pack(stage, mode, profile.stack_size)
+        if stage is todo or i > 0:
+            print(f"vae-bench: {packing_line(units, alone)}", file=sys.stderr)
+        statuses = _ray(units, out, data_dir, ray_address) if backend == "ray" \
+            else _local(units, out, data_dir, jobs)
         for status in statuses:
             if i == 0 and stage is not todo:  # a pretrained decoder, not a grid point
                 counts[f"pretrained decoders {status}"] += 1

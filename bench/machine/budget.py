@@ -132,6 +132,20 @@ def check(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None) -> 
             f"VAE_BENCH_MEMORY_CHECK=0 to skip this estimate (sizes: {_sizes(cfg, variant)})")
 
 
+def runs_that_fit(cfg, variant, input_dim: int, image_shape: tuple[int, ...] | None,
+                  wanted: int) -> int:
+    """How many runs of this config (at most ``wanted``, at least 1) fit in memory together,
+    trained stacked (``bench.training.stacked``: R runs need about R times one's estimate)."""
+    if wanted <= 1 or os.environ.get("VAE_BENCH_MEMORY_CHECK", "1") == "0" \
+            or cfg.device != "cpu":
+        return max(wanted, 1)
+    found = limits()
+    if not found:
+        return wanted
+    one = sum(estimate(cfg, variant, input_dim, image_shape).values())
+    return max(1, min(wanted, int(min(found.values()) // max(one, 1))))
+
+
 def _sizes(cfg, variant) -> str:
     m = cfg.model
     parts = [f"model.latent_dim={m.latent_dim}", f"model.hidden={list(m.hidden)}",

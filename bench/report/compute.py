@@ -103,6 +103,26 @@ def workers_line(first: list[float], then: list[float]) -> str:
             "the longest decoder).")
 
 
+def stacked_line(summary: pd.DataFrame, runs: Path) -> str:
+    """How many finished runs trained stacked (``bench.training.stacked``; their env.json says
+    so), in stacks of which sizes, and how their training time is counted; empty if none."""
+    sizes = []
+    for name in summary.loc[summary["status"] == "ok", "run"].dropna():
+        try:
+            stacked = read_json(Path(runs) / str(name) / "env.json").get("stacked")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(stacked, dict) and isinstance(stacked.get("size"), int):
+            sizes.append(stacked["size"])
+    if not sizes:
+        return ""
+    by = ", ".join(f"{sizes.count(r)} in stacks of {r}" for r in sorted(set(sizes), reverse=True))
+    return (f"{len(sizes)} of the runs trained stacked with the other seeds of their "
+            f"configuration ({by}; bit for bit as alone, docs/stacking.md); the training time "
+            "of a stacked run is its share of the stack's steps, each step's time divided "
+            "among the runs in it.")
+
+
 def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
     """The report's section: the table, then the totals and the longest single run."""
     table = compute_table(summary)
@@ -128,4 +148,5 @@ def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
              "the CPU with another job counts the time it took."]
     if len(ok) > 1:
         lines += ["", workers_line(list(pre.values()), submission_order(ok))]
-    return lines
+    stacked = stacked_line(summary, runs) if "run" in summary else ""
+    return lines + (["", stacked] if stacked else [])

@@ -23,7 +23,8 @@ def snapshot(epoch: int, step: int, trainer, variant, streams, result, seconds: 
     rng["global"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"epoch": epoch, "step": step, "model": trainer.model.state_dict(),
+    model = {k: v.clone() for k, v in trainer.model.state_dict().items()}  # not a view of a
+    return {"epoch": epoch, "step": step, "model": model,                  # stack's weights
             "optimizers": {k: o.state_dict() for k, o in trainer._optimizers.items()},
             "lr": trainer.lr, "factor": trainer._factor, "initial": trainer._initial,
             "rng": rng, "history": result.history, "variant": variant.state(),

@@ -1,4 +1,5 @@
-"""The convergence protocol: when a run stops, and which weights are evaluated.
+"""The convergence protocol: when a run stops, and which weights are evaluated (and, at the
+end, the learning rate's schedules by epoch: ``epoch_lr``).
 
 Off by default (a run trains ``train.epochs`` epochs and its last weights are evaluated). With
 ``train.stop_patience`` or ``train.lr_decay_patience`` set, the run watches ``train.monitor`` (the
@@ -106,3 +107,24 @@ class Convergence:
         return {"stop_reason": reason, "converged": reason in CONVERGED,
                 "best_epoch": self.best_epoch, "stopped_epoch": stopped_epoch,
                 "lr_decays": self.decays}
+
+
+#: Burda et al. 2016, section 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7)
+BURDA_STAGES = 8
+
+
+def burda_stage(epoch: int) -> int:
+    """The stage of 1-based ``epoch`` (epochs past the 3280 of the schedule stay in the last)."""
+    end = 0
+    for i in range(BURDA_STAGES):
+        end += 3**i
+        if epoch <= end:
+            return i
+    return BURDA_STAGES - 1
+
+
+def epoch_lr(schedule: str, base: float, epoch: int) -> float:
+    """The learning rate of ``epoch`` under ``schedule`` (``train.lr_schedule``)."""
+    if schedule == "burda":
+        return base * 10.0 ** (-burda_stage(epoch) / 7)
+    return base

@@ -13,7 +13,7 @@ from ..config import TrainConfig
 from ..data.builtin import binarize
 from ..seeding import Streams
 from .checkpoints import Checkpoints, mismatch, restore, snapshot
-from .convergence import Convergence
+from .convergence import BURDA_STAGES, Convergence, burda_stage, epoch_lr  # noqa: F401
 
 
 @dataclass
@@ -47,27 +47,6 @@ def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
 
 #: ``train.clip``'s default (defined once, in ``bench.config``)
 DEFAULT_CLIP = TrainConfig().clip
-
-#: Burda et al. 2016, section 5: stage i = 0..7 trains 3^i epochs at lr 1e-3 * 10^(-i/7)
-BURDA_STAGES = 8
-
-
-def burda_stage(epoch: int) -> int:
-    """The stage of 1-based ``epoch`` (epochs past the 3280 of the schedule stay in the last)."""
-    end = 0
-    for i in range(BURDA_STAGES):
-        end += 3**i
-        if epoch <= end:
-            return i
-    return BURDA_STAGES - 1
-
-
-def epoch_lr(schedule: str, base: float, epoch: int) -> float:
-    """The learning rate of ``epoch`` under ``schedule`` (``train.lr_schedule``)."""
-    if schedule == "burda":
-        return base * 10.0 ** (-burda_stage(epoch) / 7)
-    return base
-
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """The fast mode: ``model`` compiled for training (it shares the parameters).
@@ -170,19 +149,29 @@ class Trainer:
         if not math.isfinite(loss.item()):
             return False
         parts = parts or ("model",)
-        params = [p for part in parts for p in self.parameters(part)]
-        opts = [self.optimizer(part) for part in parts]
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
+        params, opts = self.zero_grad(parts)
         if parts == ("model",) or set(parts) == {"encoder", "decoder"}:
             loss.backward()
         else:  # the other part's gradients are not even computed
             torch.autograd.backward(loss, inputs=[p for p in params if p.requires_grad])
+        self.apply_gradients(params, opts)
+        return True
+
+    def zero_grad(self, parts: tuple[str, ...] = ("model",)):
+        """The first half of ``update``: the parameters and optimizers of ``parts``, gradients
+        cleared (the backward pass comes next)."""
+        params = [p for part in parts for p in self.parameters(part)]
+        opts = [self.optimizer(part) for part in parts]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        return params, opts
+
+    def apply_gradients(self, params: list, opts: list) -> None:
+        """The second half of ``update``: the joint gradient norm clipped, then each step."""
         if self.clip:
             torch.nn.utils.clip_grad_norm_(params, self.clip)
         for opt in opts:
             opt.step()
-        return True
 
     def minibatch_mi(self, batch: int) -> float:
         """I_q(x; z) on the validation split as He et al.'s code estimates it (``calc_mi`` of
@@ -265,84 +254,146 @@ def fit(model, variant, train_x: torch.Tensor, train: TrainConfig, streams: Stre
     (``Trainer.minibatch_mi``). With an active convergence protocol (``train.stop_patience`` or
     ``train.lr_decay_patience``; ``bench.training.convergence``), each epoch's row decides whether to go
     on, decay the learning rate or stop, and the model ends with the best-on-validation weights.
+    ``FitLoop`` holds the loop's state; ``bench.training.stacked.fit_stacked`` runs several
+    such loops in step, one batched forward pass for all.
     """
-    conv = Convergence.from_config(train)
-    net = compile_model(model) if train.compile else model
-    epochs, batch_size, lr = train.epochs, train.batch_size, train.lr
-    n = len(train_x)
-    per_epoch = math.ceil(n / batch_size)
-    total = epochs * per_epoch
-    trainer = Trainer.from_config(model, net, train, streams, train_x, dynamic_binarization,
-                                  total, minibatch_mi)
-    trainer.epochs = epochs
-    trainer.optimizer()  # the model's optimizer exists from the start, as before
-    trainer.remember_initial()
-    result, step, first, before = FitResult(), 0, 1, 0.0
-    variant.steps_per_epoch = per_epoch
-    state = checkpoints.latest(lambda st: mismatch(st, trainer)) \
-        if checkpoints is not None else None
-    if state is not None:
-        first, step, before = restore(state, trainer, variant, streams, result, conv)
-    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", leave=False)
-    start = time.perf_counter() - before
-    model.train()
-    for epoch in range(first, epochs + 1):
-        trainer.epoch = epoch
-        trainer.set_lr(base=epoch_lr(train.lr_schedule, lr, epoch) * conv.factor)
-        order = torch.randperm(n, generator=streams.data).to(train_x.device)
-        x_all = binarize(train_x.cpu(), streams.binarize).to(train_x.device) \
-            if dynamic_binarization else train_x
-        sums = torch.zeros(3, dtype=torch.float64, device=train_x.device)
-        for i in range(per_epoch):
-            x = x_all[order[i * batch_size:(i + 1) * batch_size]]
-            trainer.step = step
-            trainer.set_lr_factor(variant.lr_factor(step, total))
-            out = variant.train_step(trainer, x)
-            if out is None:
-                result.status, result.diverged_step = "diverged", step
+    loop = FitLoop(model, variant, train_x, train, streams,
+                   dynamic_binarization=dynamic_binarization, progress=progress,
+                   epoch_end=epoch_end, checkpoints=checkpoints, minibatch_mi=minibatch_mi)
+    while loop.begin_epoch():
+        for i in range(loop.per_epoch):
+            x = loop.batch(i)
+            if not loop.record(variant.train_step(loop.trainer, x), x):
                 break
-            loss, terms = out
-            with torch.no_grad():
-                last = torch.stack([loss * len(x), -terms.elbo().sum(), terms.kl.sum()]).double()
-                sums += last
-            step += 1
-            bar.update()
+        if not loop.end_epoch():
+            break
+    return loop.finish()
+
+
+class FitLoop:
+    """The state of one run's ``fit``, in the pieces its loop is made of: ``begin_epoch`` (the
+    epoch's learning rate, data order and binarization), ``batch(i)`` (the i-th minibatch, the
+    step counters set), ``record`` (a step's outcome), ``end_epoch`` (history row, validation,
+    convergence, checkpoint) and ``finish``."""
+
+    def __init__(self, model, variant, train_x: torch.Tensor, train: TrainConfig,
+                 streams: Streams, *, dynamic_binarization: bool, progress: bool = False,
+                 epoch_end=None, checkpoints: Checkpoints | None = None, minibatch_mi=None):
+        self.model, self.variant, self.train_x, self.train = model, variant, train_x, train
+        self.streams, self.dynamic_binarization = streams, dynamic_binarization
+        self.epoch_end_hook, self.checkpoints = epoch_end, checkpoints
+        self.conv = conv = Convergence.from_config(train)
+        net = compile_model(model) if train.compile else model
+        self.epochs, self.batch_size = train.epochs, train.batch_size
+        self.n = len(train_x)
+        self.per_epoch = math.ceil(self.n / self.batch_size)
+        self.total = self.epochs * self.per_epoch
+        self.trainer = trainer = Trainer.from_config(model, net, train, streams, train_x,
+                                                     dynamic_binarization, self.total,
+                                                     minibatch_mi)
+        trainer.epochs = self.epochs
+        trainer.optimizer()  # the model's optimizer exists from the start, as before
+        trainer.remember_initial()
+        self.result, self.step, first, before = FitResult(), 0, 1, 0.0
+        variant.steps_per_epoch = self.per_epoch
+        state = checkpoints.latest(lambda st: mismatch(st, trainer)) \
+            if checkpoints is not None else None
+        if state is not None:
+            first, self.step, before = restore(state, trainer, variant, streams, self.result,
+                                               conv)
+        self.epoch = first - 1
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not progress, unit="step",
+                        leave=False)
+        self.start = time.perf_counter() - before
+        model.train()
+
+    @property
+    def ok(self) -> bool:
+        return self.result.status == "ok"
+
+    def begin_epoch(self) -> bool:
+        """Set up the next epoch; False when every epoch has been trained."""
+        if self.epoch >= self.epochs:
+            return False
+        self.epoch = epoch = self.epoch + 1
+        trainer, train_x = self.trainer, self.train_x
+        trainer.epoch = epoch
+        trainer.set_lr(base=epoch_lr(self.train.lr_schedule, self.train.lr, epoch)
+                       * self.conv.factor)
+        self.order = torch.randperm(self.n, generator=self.streams.data).to(train_x.device)
+        self.x_all = binarize(train_x.cpu(), self.streams.binarize).to(train_x.device) \
+            if self.dynamic_binarization else train_x
+        self.sums = torch.zeros(3, dtype=torch.float64, device=train_x.device)
+        return True
+
+    def batch(self, i: int) -> torch.Tensor:
+        """The epoch's i-th minibatch, with the trainer's step and learning-rate factor set."""
+        x = self.x_all[self.order[i * self.batch_size:(i + 1) * self.batch_size]]
+        self.trainer.step = self.step
+        self.trainer.set_lr_factor(self.variant.lr_factor(self.step, self.total))
+        return x
+
+    def record(self, out, x: torch.Tensor) -> bool:
+        """A step's (loss, terms) on minibatch x, or None (not finite): False if it diverged."""
+        if out is None:
+            self.result.status, self.result.diverged_step = "diverged", self.step
+            return False
+        loss, terms = out
+        with torch.no_grad():
+            self.last = torch.stack([loss * len(x), -terms.elbo().sum(),
+                                     terms.kl.sum()]).double()
+            self.sums += self.last
+        self.last_n = len(x)
+        self.step += 1
+        self.bar.update()
+        return True
+
+    def end_epoch(self) -> bool:
+        """The epoch's history row, its validation diagnostics, the convergence protocol's
+        decision and the checkpoint; False when training ends here."""
+        result, trainer, conv, epoch, step = self.result, self.trainer, self.conv, self.epoch, \
+            self.step
         if result.status != "ok":
             if step > 0:
-                values = (last / len(x)).tolist()
+                values = (self.last / self.last_n).tolist()
                 result.last_finite = {"step": step - 1, **dict(zip(("loss", "neg_elbo", "kl"),
                                                                    values, strict=True))}
-            break
-        loss_m, nelbo_m, kl_m = (sums / n).tolist()
-        elapsed = time.perf_counter() - start - result.diagnostics_seconds
+            return False
+        loss_m, nelbo_m, kl_m = (self.sums / self.n).tolist()
+        elapsed = time.perf_counter() - self.start - result.diagnostics_seconds
         row = {"epoch": epoch, "step": step, "loss": loss_m, "neg_elbo": nelbo_m, "kl": kl_m,
                "lr": trainer.lr, "seconds": elapsed}
-        if epoch_end is not None:
+        if self.epoch_end_hook is not None:
             tic = time.perf_counter()
-            row.update(epoch_end(epoch))
+            row.update(self.epoch_end_hook(epoch))
             row["diagnostics_seconds"] = time.perf_counter() - tic
             result.diagnostics_seconds += row["diagnostics_seconds"]
         trainer.step = step
-        row.update(variant.epoch_end(trainer, row))
-        action = conv.after_epoch(epoch, row, trainer.weights, variant.warming_up(step, total)) \
+        row.update(self.variant.epoch_end(trainer, row))
+        action = conv.after_epoch(epoch, row, trainer.weights,
+                                  self.variant.warming_up(step, self.total)) \
             if conv.active else ""
         result.history.append(row)
         result.stopped_epoch = epoch
-        bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
+        self.bar.set_postfix(neg_elbo=f"{nelbo_m:.2f}")
         if action == "stop":
-            break
+            return False
         if action == "decay":  # He et al.: the best weights back, fresh optimizers
             trainer.load_weights(conv.best_weights)
             trainer._optimizers.clear()
-        if checkpoints is not None and checkpoints.every and epoch % checkpoints.every == 0 \
-                and epoch < epochs:
-            checkpoints.save(epoch, snapshot(epoch, step, trainer, variant, streams, result,
-                                             time.perf_counter() - start, conv))
-    bar.close()
-    if conv.active:
-        if conv.best_weights is not None:  # the best-on-validation weights are evaluated
-            trainer.load_weights(conv.best_weights)
-        result.convergence = conv.summary(result.stopped_epoch, result.status)
-    result.train_seconds = time.perf_counter() - start - result.diagnostics_seconds
-    result.steps = step
-    return result
+        ck = self.checkpoints
+        if ck is not None and ck.every and epoch % ck.every == 0 and epoch < self.epochs:
+            ck.save(epoch, snapshot(epoch, step, trainer, self.variant, self.streams, result,
+                                    time.perf_counter() - self.start, conv))
+        return True
+
+    def finish(self) -> FitResult:
+        self.bar.close()
+        result, conv = self.result, self.conv
+        if conv.active:
+            if conv.best_weights is not None:  # the best-on-validation weights are evaluated
+                self.trainer.load_weights(conv.best_weights)
+            result.convergence = conv.summary(result.stopped_epoch, result.status)
+        result.train_seconds = time.perf_counter() - self.start - result.diagnostics_seconds
+        result.steps = self.step
+        return result

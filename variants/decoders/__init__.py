@@ -44,6 +44,14 @@ from .pixelcnn import PixelCNNDecoder
 DECODERS = ("mlp", "made", "pixelcnn")
 
 
+def stacking(kind: str) -> str | None:
+    """None where decoder family ``kind``'s runs can train stacked (its kernels batched over
+    runs give each run's own bits: ``tests/test_stacked.py``), else why not: a family says it
+    with a class attribute ``stacking``."""
+    family = {"mlp": MLPDecoder, "made": MADEDecoder, "pixelcnn": PixelCNNDecoder}[kind]
+    return getattr(family, "stacking", None)
+
+
 def check_options(kind: str, hidden: Sequence[int], skip: bool = False, **_) -> None:
     """ConfigError for decoder options that mean nothing for this decoder."""
     from ..errors import ConfigError
@@ -85,4 +93,4 @@ def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activa
 __all__ = ["ACTIVATIONS", "DECODERS", "EVAL_TILE_ROWS", "AutoregressiveDecoder",
            "InferenceDecoder", "MADEDecoder", "MLPDecoder", "PixelCNNDecoder", "SkipMLPDecoder",
            "TiledInference", "bernoulli_log_prob", "check_options", "load_pretrained",
-           "made_masks", "make_decoder", "mlp", "softplus_sum_"]
+           "made_masks", "make_decoder", "mlp", "softplus_sum_", "stacking"]

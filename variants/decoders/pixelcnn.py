@@ -39,6 +39,10 @@ class PixelCNNDecoder(AutoregressiveDecoder):
     The first layer's convolutions of x are the x-terms, shared by all samples of z.
     """
 
+    #: why its runs do not train stacked (``bench.training.stacked``): measured, its
+    #: convolutions batched over the runs do not give the bits of each run's own
+    stacking = "its convolutions batched over runs do not round as alone (measured)"
+
     def __init__(self, z_dim: int, shape: Sequence[int], layers: int = 3, channels: int = 16,
                  kernel: int = 3, z_output: bool = True, z_layers: str = "first"):
         super().__init__()
