@@ -79,21 +79,28 @@ def stack_throughput(decoder: str = "mlp", runs: int = 3, batch: int = 100,
 
 def run_stacks(sizes: tuple[int, ...] = (1, 3, 5), decoders: tuple[str, ...] = ("mlp", "made"),
                batch: int = 100) -> dict:
-    from ..results import environment
+    """Every (decoder, R) of ``stack_throughput`` in the process's numerics mode with the
+    threads a run of that mode computes with (portable: ``numerics.PORTABLE_THREADS``), as the
+    suite trains them."""
+    from ..machine import numerics
+    from ..results import cpu_model, environment
 
-    env = environment("cpu", {}, {})
-    rows = [stack_throughput(d, r, batch, calls=5 if d == "mlp" else 2,
-                             rounds=11 if d == "mlp" else 7)
+    numerics.apply(numerics.active())
+    env = {**environment("cpu", {}, {}), **numerics.record(numerics.active()),
+           "cpu": cpu_model()}
+    rows = [stack_throughput(d, r, batch, calls=10 if d == "mlp" else 3,
+                             rounds=21 if d == "mlp" else 11)
             for d in decoders for r in sizes]
-    return {"device": "cpu", "rows": rows,
+    return {"device": "cpu", "numerics": numerics.active(), "rows": rows,
             "env": {k: env[k] for k in ("torch", "cpu", "cpu_capability", "threads",
-                                        "git_commit", "git_dirty")}}
+                                        "git_commit", "git_dirty") if k in env}}
 
 
 def format_stacks(result: dict) -> str:
     env = result["env"]
-    lines = [f"stacked seeds on {env['cpu']} ({env['threads']} threads, torch {env['torch']}): "
-             "per-run train steps/s, medians of interleaved rounds",
+    lines = [f"stacked seeds on {env['cpu']} ({env['threads']} threads, "
+             f"{result.get('numerics', '?')} numerics, torch {env['torch']}): per-run train "
+             "steps/s, medians of interleaved rounds",
              f"{'decoder':8} {'R':>2} {'separate':>9} {'stacked':>9} {'gain':>6} "
              f"{'minimal':>8} {'stacked/minimal':>16}"]
     for r in result["rows"]:
