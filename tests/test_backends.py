@@ -53,6 +53,43 @@ def test_ray_address_from_the_environment_and_the_client_form_get_the_same_check
             check_ray_address("ray://127.0.0.1:1", timeout=2)
 
 
+@pytest.mark.parametrize("reply, why", [
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "not an HTTP/2 SETTINGS frame"),
+    (None, "it sends nothing back"),
+    (b"", "it closed the connection"),
+    (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", None),  # an HTTP/2 server's empty SETTINGS
+])
+def test_a_ray_address_where_something_else_listens_fails_in_one_line(reply, why):
+    """Ray, pointed at a listener that is not Ray (an SSH server, a silent port), retries for
+    minutes; the check asks for what every gRPC server sends first, an HTTP/2 SETTINGS frame."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        if reply is None:
+            time.sleep(3)
+        else:
+            conn.sendall(reply)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        start = time.monotonic()
+        if why is None:
+            check_ray_address(f"127.0.0.1:{port}", timeout=1)
+        else:
+            with pytest.raises(ConfigError, match=f"something listens there but it is not a Ray "
+                               f"head \\(.*{why}"):
+                check_ray_address(f"127.0.0.1:{port}", timeout=1)
+        assert time.monotonic() - start < 3
+    finally:
+        server.close()
+
+
 def test_a_ray_cluster_without_a_node_large_enough_is_refused_in_one_line(tmp_path, monkeypatch):
     """A portable run's task reserves 2 CPUs; on a cluster whose nodes have 1 CPU each Ray would
     wait forever, so the suite refuses before submitting anything (Ray itself replaced by a

@@ -135,11 +135,42 @@ def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT)
     import socket
 
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as e:
         raise ConfigError(f"{name} {address}: nothing answers there within {timeout:g} s "
                           f"({e.strerror or type(e).__name__}); allowed: the address `ray start "
                           "--head` printed, or --backend local") from None
+    with conn:
+        heard = _http2_settings(conn)
+    if heard is not None:
+        raise ConfigError(f"{name} {address}: something listens there but it is not a Ray "
+                          f"{'client server' if client else 'head'} ({heard}); allowed: the "
+                          "address `ray start --head` printed, or --backend local")
+
+
+#: the connection preface every HTTP/2 client sends first (RFC 9113, section 3.4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _http2_settings(conn) -> str | None:
+    """None where the peer answers as an HTTP/2 server does (a SETTINGS frame first: Ray's
+    head and client server speak gRPC, which is HTTP/2), else what it did instead. Ray itself,
+    pointed at another kind of listener, retries for minutes."""
+    try:
+        conn.sendall(HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return "it closed the connection" if not head else "it sent a few bytes, then closed"
+            head += chunk
+    except TimeoutError:
+        return "it sends nothing back"
+    except OSError as e:
+        return f"the connection failed: {e.strerror or type(e).__name__}"
+    if head[3] != 0x4:  # frame type SETTINGS
+        return f"it answers {head[:9]!r}, not an HTTP/2 SETTINGS frame"
+    return None
 
 
 _TRACKER_LEAK = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
