@@ -11,7 +11,7 @@ RESULTS ?= results
 PROFILE ?= default
 VB     := $(VENV)/bin/vae-bench
 
-.PHONY: setup docs test smoke bench bench-check bench-speed throughput report reference lint clean fashion-data
+.PHONY: setup docs test fuzz smoke bench bench-check bench-speed throughput report reference lint clean fashion-data
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# The property-based tests of tests/test_fuzz.py with many fresh examples (CI runs a fixed few).
+fuzz: setup
+	VAE_BENCH_FUZZ=long $(PY) -m pytest -q tests/test_fuzz.py
 
 # The documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link, a page
 # missing from the nav or a docstring the API reference cannot render fails the build.

@@ -13,6 +13,7 @@ from ..config import SUITE_VERSION
 from ..grid.attached import profile_record, summary_scalars
 from ..grid.suite import Profile, grid, group_of, runs_dir
 from ..results import damage, read_json
+from ..schema import KINDS
 
 PRINTED = "%.10g"  # the float format of summary.csv
 
@@ -57,7 +58,13 @@ def summarize(profile: Profile, results: Path) -> pd.DataFrame:
         if record is not None:
             scalars.update(summary_scalars(record, scalars.get("nll_is")))
         rows.append({**row, **scalars})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if (frame["status"] == "ok").any():
+        return frame
+    # no finished record (all damaged, failed or missing): the numbers the schema knows are
+    # columns of NaN, so the tables and figures are made, empty, instead of failing on a column
+    missing = [k for k, kind in KINDS.items() if kind in ("number", "count") and k not in frame]
+    return pd.concat([frame, pd.DataFrame(np.nan, index=frame.index, columns=missing)], axis=1)
 
 
 def regression_frame(summary: pd.DataFrame) -> pd.DataFrame:

@@ -60,6 +60,8 @@ def main_table(summary: pd.DataFrame, baseline: str = "", columns: tuple = ()) -
     the same group; over the seeds both have finished), as measured, with the range of the
     seed-by-seed ratios in brackets."""
     ok = summary[summary["status"] == "ok"]
+    if "train_seconds" not in ok:  # no finished run at all (every record damaged or missing)
+        ok = ok.assign(train_seconds=np.nan)
     base = ok[ok["label"].map(config_name) == baseline]
     base_seconds = base["train_seconds"].astype(float).mean() if len(base) else np.nan
     base_by_seed = base.set_index("seed")["train_seconds"].astype(float)
