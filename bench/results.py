@@ -174,7 +174,35 @@ def ensure_writable(directory: Path) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """The JSON document at ``path``; ValueError for a path that is there but not a regular
+    file (a FIFO would block the reader forever, a directory or device is no record)."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    return json.loads(path.read_text())
+
+
+def history_problem(path: Path) -> str | None:
+    """Why ``path`` (a run's history.csv) is not a history the report can read: not UTF-8
+    text, a row with another number of fields than the header, an epoch that is not a count."""
+    if path.exists() and not path.is_file():
+        return f"{path}: not a regular file"
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        return f"{path}: not UTF-8 text"
+    if not lines:
+        return None  # a run that trained no epoch
+    rows = list(csv.reader(lines))
+    head = rows[0]
+    if not head or head[0] != "epoch":
+        return f"{path}: no epoch column"
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(head):
+            return f"{path}, line {i}: {len(row)} fields where the header has {len(head)}"
+        if not row[0].isdigit():
+            return f"{path}, line {i}: epoch {row[0]!r} is not a count"
+    return None
 
 
 #: errors of the machine, not of the model: such a failure is retried, never trusted as a result
@@ -198,14 +226,14 @@ def damage(path: Path) -> str | None:
         config = read_json(path / "config.json")
         if not isinstance(config, dict) or not {"variant", "model", "train", "eval"} <= set(config):
             return f"{path / 'config.json'}: not a run config"
-        head = (path / "history.csv").read_text().split("\n", 1)[0]
+        env = read_json(path / "env.json") if (path / "env.json").exists() else {}
+        if not isinstance(env, dict):
+            return f"{path / 'env.json'}: not a JSON object"
+        return history_problem(path / "history.csv")
     except FileNotFoundError as e:
         return f"{e.filename}: missing"
     except (OSError, ValueError) as e:
-        return f"{path}: config.json or history.csv unreadable ({type(e).__name__})"
-    if head and not head.startswith("epoch,"):
-        return f"{path / 'history.csv'}: no epoch column"
-    return None
+        return f"{path}: config.json, env.json or history.csv unreadable ({type(e).__name__})"
 
 
 def retry_reason(path: Path) -> str | None:

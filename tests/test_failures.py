@@ -3,6 +3,7 @@ machine faults retried, damaged records named, set aside and retrained, foreign 
 skipped, transient failures told apart from permanent ones."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,36 @@ def test_a_run_whose_nll_is_not_finite_is_written_as_failed_not_as_finished(tmp_
     metrics = json.loads((target / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "'nll_is' is nan" in metrics["error"]
     assert results.damage(target) is None  # a failed record, not a damaged one
+
+
+@pytest.mark.parametrize("damage_it, why", [
+    (lambda rd: (rd / "env.json").write_text("{not json"), "env.json or history.csv unreadable"),
+    (lambda rd: (rd / "env.json").write_text("[1, 2]"), "env.json: not a JSON object"),
+    (lambda rd: (rd / "history.csv").write_text((rd / "history.csv").read_text()
+                                                 + ",".join(map(str, range(1, 40))) + "\n"),
+     "fields where the header has"),
+    (lambda rd: (rd / "history.csv").write_text(
+        (rd / "history.csv").read_text().replace("\n1,", "\nabc,", 1)), "epoch 'abc' is not a count"),
+    (lambda rd: (rd / "history.csv").write_bytes(b"epoch,\xff\xfe\n"), "not UTF-8 text"),
+    (lambda rd: ((rd / "metrics.json").unlink(), os.mkfifo(rd / "metrics.json")),
+     "unreadable (ValueError)"),
+])
+def test_a_record_with_a_broken_env_history_or_a_fifo_is_damaged_not_read(tmp_path, damage_it,
+                                                                            why):
+    """env.json, history.csv and metrics.json as a FIFO: named damaged in one line (never a
+    traceback, never a reader blocked on a FIFO); the report lists the run as damaged."""
+    cfg = apply_overrides(RunConfig(), {"dataset": "digits", "model.hidden": [8],
+                                        "model.latent_dim": 2, "train.epochs": 1,
+                                        "eval.is_samples": 4, "eval.test_points": 20})
+    run = execute(cfg, tmp_path)
+    assert results.damage(run) is None
+    damage_it(run)
+    assert why in results.damage(run)
+
+
+def test_a_corrupt_preview_is_left_out_of_the_figure_in_one_line(tmp_path, capsys):
+    from bench.report.figures import _preview_rows
+
+    (tmp_path / "previews.npz").write_bytes(b"PK\x03\x04garbage")
+    assert _preview_rows(tmp_path / "previews.npz") is None
+    assert "not a readable preview" in capsys.readouterr().err

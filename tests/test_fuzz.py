@@ -3,7 +3,8 @@ records end in success or a one-line error (exit 2), never a traceback, and read
 never changes it.
 
 CI runs a fixed, derandomized handful of examples per property (``VAE_BENCH_FUZZ=ci``, the
-default); ``make fuzz`` runs the ``long`` profile (many more, freshly random)."""
+default); ``make fuzz`` runs the ``long`` profile (many more, freshly random); a number
+(``VAE_BENCH_FUZZ=150``) runs that many."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ _QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=_QUIET, database=None)
 settings.register_profile("long", max_examples=600, deadline=None, suppress_health_check=_QUIET)
-FUZZ = settings.get_profile(os.environ.get("VAE_BENCH_FUZZ", "ci"))
+_ASKED = os.environ.get("VAE_BENCH_FUZZ", "ci")  # ci, long, or a number of examples
+FUZZ = settings(settings.get_profile("long"), max_examples=int(_ASKED)) if _ASKED.isdigit() \
+    else settings.get_profile(_ASKED)
 
 #: every config key (dotted), and names that are not keys
 KEYS = [k for section in (None, *SECTIONS) for k, *_ in rows(section)]
@@ -141,15 +144,16 @@ def summaries(draw) -> str:
 def test_compare_gives_a_verdict_or_refuses_in_one_line(tmp_path, capsys, fresh, committed,
                                                         baseline):
     a, b = tmp_path / "fresh.csv", tmp_path / "committed.csv"
-    a.write_text(fresh)
-    b.write_text(committed)
+    fresh, committed = fresh.encode("utf-8", "replace"), committed.encode("utf-8", "replace")
+    a.write_bytes(fresh)
+    b.write_bytes(committed)
     args = ["compare", str(a), str(b)] + (["--baseline", baseline] if baseline else [])
     code = main(args)
     err = capsys.readouterr().err
     assert code in (0, 1, 2), err
     if code == 2:
         assert one_line(err), err
-    assert a.read_text() == fresh and b.read_text() == committed
+    assert a.read_bytes() == fresh and b.read_bytes() == committed
 
 
 PROFILE = """

@@ -57,14 +57,20 @@ def _check_columns(frame: pd.DataFrame, what: str) -> None:
 
 def check_summary(frame: pd.DataFrame, what: str) -> None:
     """ValueError, in one line naming ``what`` (the file), the row and the column, unless
-    ``frame`` is a summary compare can read: its key and status columns, one row per (label,
-    seed), an integer seed, and in every finished run (status ok) each metric of
-    ``REGRESSION_COLUMNS`` it has a finite number (a failed run's may be empty)."""
+    ``frame`` is a summary compare can read: its key and status columns, a label and a status
+    of text in every row, one row per (label, seed), an integer seed, and in every finished run
+    (status ok) each metric of ``REGRESSION_COLUMNS`` it has a finite number (a failed run's may
+    be empty)."""
     _check_columns(frame, what)
 
     def where(i) -> str:  # the CSV's line: the header is line 1
         return f"{what}, line {i + 2} ({frame.at[i, 'label']!r}, seed {frame.at[i, 'seed']})"
 
+    for col in ("label", "status"):  # text: a number or an empty cell is no configuration
+        for i, value in frame[col].items():
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{what}, line {i + 2}: column {col!r} is {value!r}, not "
+                                 "a name")
     for i, seed in frame["seed"].items():
         if not (isinstance(seed, (int, np.integer)) or (isinstance(seed, float)
                                                         and float(seed).is_integer())):

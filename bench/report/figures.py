@@ -3,6 +3,7 @@ validation split, sorted KL per unit with training curves, reconstructions and s
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -63,7 +64,8 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
         ax.set(xlabel="rate: KL (nats)", ylabel="distortion: -E_q log p(x|z) (nats)",
                title=f"Rate-distortion plane{': ' + group if group else ''}, one point per run")
         ax.set_xscale("symlog", linthresh=1.0)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # nothing finished: no legend to draw
+            ax.legend(fontsize=6)
     paths.append(_save(fig, out / "rate_distortion.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -94,23 +96,39 @@ def figures(profile: Profile, summary: pd.DataFrame, results: Path, out: Path) -
     ax_kl.set(yscale="log", xlabel="latent unit (sorted)", ylabel="KL per unit (nats)",
               title="Sorted KL per unit: the collapse picture")
     ax_curve.set(xlabel="epoch", ylabel="training -ELBO (nats)", title="Training curves")
-    ax_kl.legend(fontsize=7)
+    if ax_kl.get_legend_handles_labels()[0]:
+        ax_kl.legend(fontsize=7)
     paths.append(_save(fig, out / "kl_profile_and_training.png"))
 
     previews = [(lab, runs / ok.loc[ok["label"] == lab, "run"].iloc[0] / "previews.npz")
                 for lab in labels if (ok["label"] == lab).any()]
-    previews = [(lab, p) for lab, p in previews if p.exists()]
+    previews = [(lab, rows) for lab, p in previews if p.exists()
+                for rows in [_preview_rows(p)] if rows is not None]
     if previews:
         fig, axes = plt.subplots(len(previews), 1, figsize=(8, 1.1 * len(previews) + 0.5),
                                  squeeze=False)
-        for ax, (lab, p) in zip(axes[:, 0], previews, strict=True):
-            z = np.load(p)
-            rows = [np.concatenate(list(z[k]), axis=1) for k in ("data", "recon", "samples")]
+        for ax, (lab, rows) in zip(axes[:, 0], previews, strict=True):
             ax.imshow(np.concatenate(rows, axis=1), cmap="gray", vmin=0, vmax=255)
             ax.set_axis_off()
             ax.set_title(f"{lab}: data | reconstructions | prior samples", fontsize=7)
         paths.append(_save(fig, out / "reconstructions_and_samples.png"))
     return paths
+
+
+def _preview_rows(path: Path) -> list | None:
+    """The image rows of a run's previews.npz (data, reconstructions, prior samples), or None,
+    said in one line on stderr, where the file is not a readable preview (previews illustrate;
+    no number of the report comes from them)."""
+    try:
+        if not path.is_file():
+            raise ValueError("not a regular file")
+        with np.load(path, allow_pickle=False) as z:
+            return [np.concatenate(list(z[k]), axis=1) for k in ("data", "recon", "samples")]
+    except Exception as e:  # a truncated zip, another array layout, a directory
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        print(f"vae-bench: {path}: not a readable preview ({first}); left out of the figure",
+              file=sys.stderr)
+        return None
 
 
 def trajectories_figure(profile: Profile, ok: pd.DataFrame, runs: Path, path: Path) -> Path | None:
