@@ -179,7 +179,26 @@ def read_json(path: Path) -> dict:
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ValueError(f"{path}: not a regular file")
+    why = too_big(path) if path.exists() else None
+    if why:
+        raise ValueError(f"{path} {why}; not read")
     return json.loads(path.read_text())
+
+
+def too_big(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be read whole here (larger than the memory the process
+    may still use, ``bench.machine.budget``: read, it would take the machine down), else None."""
+    from .machine.budget import available_bytes
+
+    size, room = path.stat().st_size, available_bytes()
+    if room is not None and size > room:
+        return f"is {_bytes(size)}, more than the {_bytes(room)} this process may still use"
+    return None
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 \
+        else f"{n} bytes"
 
 
 def history_problem(path: Path) -> str | None:

@@ -228,3 +228,18 @@ def test_a_corrupt_preview_is_left_out_of_the_figure_in_one_line(tmp_path, capsy
     (tmp_path / "previews.npz").write_bytes(b"PK\x03\x04garbage")
     assert _preview_rows(tmp_path / "previews.npz") is None
     assert "not a readable preview" in capsys.readouterr().err
+
+
+def test_a_file_larger_than_the_memory_left_is_not_read_whole(tmp_path, monkeypatch, capsys):
+    """Records, checkpoints and weights are checked against the memory the process may still
+    use before they are read (here the room is made 100 bytes)."""
+    from bench.machine import budget
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"x": "y" * 200}))
+    ckpt = Checkpoints(tmp_path / "ck", every=1)
+    ckpt.save(1, {"epoch": 1, "step": 1, "model": {"w": torch.zeros(100)}, "rng": {}})
+    monkeypatch.setattr(budget, "available_bytes", lambda: 100)
+    with pytest.raises(ValueError, match="more than the 100 bytes this process may still use"):
+        results.read_json(tmp_path / "metrics.json")
+    assert ckpt.latest() is None
+    assert "more than the 100 bytes this process may still use" in capsys.readouterr().err

@@ -48,6 +48,7 @@ from ..results import (
     retry_reason,
     run_lock,
     set_aside,
+    too_big,
     write_run,
 )
 from ..seeding import Streams, derive, set_deterministic
@@ -340,6 +341,9 @@ def load_run(run_dir: Path, data_dir: str | None = None):
         raise ConfigError(f"{run_dir / 'config.json'}: not a vae-bench config ({e})") from None
     dataset = load_dataset(cfg, data_dir)
     model, _ = build_model(cfg, dataset, variant=variant)
+    why = too_big(run_dir / "model.pt")
+    if why:
+        raise ConfigError(f"{run_dir / 'model.pt'} {why}; not loaded")
     try:
         state = torch.load(run_dir / "model.pt", map_location=cfg.device, weights_only=True)
         model.load_state_dict(state)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..results import save_torch
+from ..results import save_torch, too_big
 
 
 def snapshot(epoch: int, step: int, trainer, variant, streams, result, seconds: float,
@@ -77,8 +77,10 @@ class Checkpoints:
     def latest(self, check=None) -> dict | None:
         for path in reversed(self.files()):
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                problem = self._foreign(state) or (check(state) if check else None)
+                problem = too_big(path)
+                if problem is None:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                    problem = self._foreign(state) or (check(state) if check else None)
             except Exception as e:  # truncated, corrupt, or not a checkpoint
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 problem = f"is unreadable ({first[:120]})"
