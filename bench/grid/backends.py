@@ -166,6 +166,8 @@ def _http2_settings(conn) -> str | None:
             head += chunk
     except TimeoutError:
         return "it sends nothing back"
+    except (ConnectionResetError, BrokenPipeError):
+        return "it closed the connection"
     except OSError as e:
         return f"the connection failed: {e.strerror or type(e).__name__}"
     if head[3] != 0x4:  # frame type SETTINGS
