@@ -216,3 +216,31 @@ def test_an_objective_drawing_from_the_global_generator_draws_its_own_run_s(tmp_
     alone = [execute(r, tmp_path / "alone") for r in todo]
     for a, b in zip(alone, execute_stack(todo, tmp_path / "stacked"), strict=True):
         assert_same(a, b)
+
+
+class DropoutHead(torch.nn.Module):
+    def forward(self, params, **_):
+        return torch.nn.functional.dropout(params, 0.1, self.training)
+
+
+class Dropping(variants.Variant):
+    """A user's variant whose forward draws from torch's global generator (dropout on the
+    encoder's outputs), saying nothing about stacking."""
+
+    def posterior_head(self, latent):
+        return DropoutHead()
+
+
+def test_a_stack_whose_forward_draws_from_the_global_generator_trains_alone(tmp_path, capsys):
+    from bench.grid.backends import run_unit
+    from bench.training.stacked import NotStackable
+
+    todo = runs("test_stacked:Dropping", "mlp", seeds=(0, 1))
+    alone = [execute(r, tmp_path / "alone") for r in todo]
+    with pytest.raises(NotStackable, match="global generator"):
+        execute_stack(todo, tmp_path / "given-up")
+    assert run_unit(todo, tmp_path / "stacked", None, 0) == ["ok", "ok"]
+    assert "they train alone" in capsys.readouterr().err
+    for a in alone:
+        assert_same(a, tmp_path / "stacked" / a.name)
+        assert "stacked" not in json.loads((tmp_path / "stacked" / a.name / "env.json").read_text())

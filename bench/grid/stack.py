@@ -123,14 +123,13 @@ def execute_stack(runs: list[ResolvedRun], out: Path, data_dir: str | None = Non
                 set_aside(target, damage(target) or retry_reason(target))
             prepared.append(prepare(run, data_dir, pre, target))
             global_states.append(torch.get_rng_state())
-        results, apart = fit_stacked([_loop_maker(r, p) for r, p in zip(todo, prepared,
+        results = fit_stacked([_loop_maker(r, p) for r, p in zip(todo, prepared,
                                                                           strict=True)],
                                      [derive(r.config.seed, "global") for r in todo])
         names = [r.name for r in todo]
         for run, p, result, state in zip(todo, prepared, results, global_states, strict=True):
             torch.set_rng_state(state)  # evaluation starts where a run alone would
-            p.env["stacked"] = {"runs": names, "size": len(names),
-                                **({"came_apart": apart} if apart else {})}
+            p.env["stacked"] = {"runs": names, "size": len(names)}
             record(run, p, result, evaluate_trained(run, p, result), out / run.name)
     return [out / r.name for r in runs]
 

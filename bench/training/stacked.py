@@ -184,7 +184,7 @@ def stackable_step(variant) -> bool:
     return type(variant).train_step is Variant.train_step
 
 
-def fit_stacked(make_loops: list, global_seeds: list[int]) -> tuple[list, str | None]:
+def fit_stacked(make_loops: list, global_seeds: list[int]) -> list:
     """Train R runs of one configuration in step. ``make_loops[r]()`` builds run r's
     ``FitLoop`` (called with the run's own global generator in force, seeded from
     ``global_seeds[r]`` as alone). Every step draws each run's minibatch and noise from its own
@@ -192,14 +192,14 @@ def fit_stacked(make_loops: list, global_seeds: list[int]) -> tuple[list, str | 
     loss from its own slice, takes one backward pass of the finite losses, then each run's own
     clip and Adam step (``Trainer.apply_gradients``). A run that diverges or stops leaves the
     stack, the others go on. Every variant must take the default step (``stackable_step``).
-    Where the forward pass cannot be vmapped (it draws from the global generator: dropout) the
-    stack comes apart at that step and each run goes on alone from where it is (the failed step
-    updated nothing). Returns (the runs' FitResults, why the stack came apart or None); a run's
+    Where the forward pass cannot be vmapped (it draws from the global generator: dropout),
+    ``NotStackable``: the caller trains the runs alone (``bench.grid.backends.run_unit``), from
+    their checkpoints, as if never stacked. Returns the runs' FitResults; a run's
     ``train_seconds`` is its share of the stack's steps (each step's time divided among the runs
     in it), not the stack's wall time."""
     rng = _OwnGlobalRNG(global_seeds)
     loops = [_own(rng, r, make) for r, make in enumerate(make_loops)]
-    apart, shared, members = None, None, None
+    shared, members = None, None
     share = [0.0] * len(loops)  # each run's share of the stack's training seconds
     live = [r for r, loop in enumerate(loops) if _own(rng, r, loop.begin_epoch)]
     while live:
@@ -209,24 +209,20 @@ def fit_stacked(make_loops: list, global_seeds: list[int]) -> tuple[list, str | 
                 break
             tic = time.perf_counter()
             xs = [_own(rng, r, loops[r].batch, i) for r in going]
-            if apart is not None:
-                outs = [_own(rng, r, _alone, loops[r], x, None) for r, x in zip(going, xs,
-                                                                                  strict=True)]
-            else:
-                noises = [_noise(loops[r], x) for r, x in zip(going, xs, strict=True)]
-                if going != members:  # a run left: the others' weights stacked anew
-                    if shared is not None:
-                        shared.release()
-                    shared, members = Shared([loops[r].model for r in going]), going
-                try:
-                    outs = _stacked_step([loops[r] for r in going], xs, noises, shared,
-                                         lambda k, fn, *a, g=going: _own(rng, g[k], fn, *a))
-                except RuntimeError as e:
-                    if "randomness" not in str(e):
-                        raise
-                    apart = "its forward pass draws from torch's global generator (dropout)"
-                    outs = [_own(rng, r, _alone, loops[r], x, noise)
-                            for r, x, noise in zip(going, xs, noises, strict=True)]
+            noises = [_noise(loops[r], x) for r, x in zip(going, xs, strict=True)]
+            if going != members:  # a run left: the others' weights stacked anew
+                if shared is not None:
+                    shared.release()
+                shared, members = Shared([loops[r].model for r in going]), going
+            try:
+                outs = _stacked_step([loops[r] for r in going], xs, noises, shared,
+                                     lambda k, fn, *a, g=going: _own(rng, g[k], fn, *a))
+            except RuntimeError as e:
+                if "randomness" not in str(e):
+                    raise
+                shared.release()  # (a buffer may have moved in the pass: not resumed here)
+                raise NotStackable("its forward pass draws from torch's global generator "
+                                   "(dropout)") from None
             for r, x, out in zip(going, xs, outs, strict=True):
                 loops[r].record(out, x)
             for r in going:
@@ -238,22 +234,17 @@ def fit_stacked(make_loops: list, global_seeds: list[int]) -> tuple[list, str | 
     results = [loop.finish() for loop in loops]
     for result, seconds in zip(results, share, strict=True):
         result.train_seconds = seconds  # its share of the steps it took part in
-    return results, apart
+    return results
+
+
+class NotStackable(RuntimeError):
+    """The runs cannot train stacked after all (found in the pass): they train alone."""
 
 
 def _noise(loop, x: Tensor) -> Tensor:
     """The step's noise, drawn from the run's own noise stream as ``Variant.loss`` draws it."""
     return loop.model.latent.draw_noise(loop.variant.train_samples(), len(x), loop.trainer.noise,
                                         x)
-
-
-def _alone(loop, x: Tensor, noise: Tensor | None):
-    """Run ``loop``'s step alone (its noise already drawn, or not yet)."""
-    variant, trainer = loop.variant, loop.trainer
-    if noise is None:
-        return variant.train_step(trainer, x)
-    loss, terms = variant.loss_from_noise(trainer.net, x, noise, trainer.step, trainer.total)
-    return (loss, terms) if trainer.update(loss) else None
 
 
 def _call(k: int, fn, *args):
