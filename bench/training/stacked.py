@@ -176,14 +176,6 @@ def _own(rng: _OwnGlobalRNG, r: int, fn, *args):
         rng.leave(r)
 
 
-def stackable_step(variant) -> bool:
-    """Whether a step of ``variant`` is the default one (``Variant.train_step``), which
-    ``fit_stacked`` batches; a procedure of its own runs alone inside the stack."""
-    from variants.base import Variant
-
-    return type(variant).train_step is Variant.train_step
-
-
 def fit_stacked(make_loops: list, global_seeds: list[int]) -> list:
     """Train R runs of one configuration in step. ``make_loops[r]()`` builds run r's
     ``FitLoop`` (called with the run's own global generator in force, seeded from
@@ -191,7 +183,7 @@ def fit_stacked(make_loops: list, global_seeds: list[int]) -> list:
     streams, computes the runs' terms in one vmapped pass (``stacked_terms``) and each run's
     loss from its own slice, takes one backward pass of the finite losses, then each run's own
     clip and Adam step (``Trainer.apply_gradients``). A run that diverges or stops leaves the
-    stack, the others go on. Every variant must take the default step (``stackable_step``).
+    stack, the others go on. Every variant must take the default step (``Variant.stacking``).
     Where the forward pass cannot be vmapped (it draws from the global generator: dropout),
     ``NotStackable``: the caller trains the runs alone (``bench.grid.backends.run_unit``), from
     their checkpoints, as if never stacked. Returns the runs' FitResults; a run's
