@@ -163,6 +163,31 @@ def test_kl_anneal_variant_uses_the_schedule():
     assert [v.kl_weight(s, 100) for s in (0, 25, 50, 99)] == [0.0, 0.5, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("name", ["kl-anneal", "bn-vae", "du-vae"])
+def test_warmup_epochs_counts_the_ramp_in_epochs_whatever_the_run_length(name):
+    # 10 epochs of 50 steps: half-way at step 250 in a run of 1,000 or of 100,000 steps, where
+    # the fraction (kl-anneal 0.5, bn/du-vae 0.1) would give 500 or 10,000
+    v = variants.create(name, warmup_epochs=10)
+    v.steps_per_epoch = 50
+    for total in (1_000, 100_000):
+        assert [v.kl_weight(s, total) for s in (0, 250, 500, 600)] == [0.0, 0.5, 1.0, 1.0]
+    assert variants.create(name).kl_weight(250, 100_000) < 0.1  # the fraction, when unset
+
+
+def test_pretrained_encoder_ramps_warmup_epochs_after_its_autoencoder_phase():
+    v = variants.create("pretrained-encoder", warmup_epochs=10)
+    v.steps_per_epoch, v.ae_steps = 50, 300  # the phase ended at step 300
+    assert [v.kl_weight(s, 100_000) for s in (300, 550, 800)] == [0.0, 0.5, 1.0]
+
+
+def test_warmup_epochs_is_hashed_only_when_set():
+    from bench.config import RunConfig
+    from bench.identity import run_id
+    base = RunConfig(variant="bn-vae")
+    assert run_id(base) == run_id(RunConfig(variant="bn-vae", hparams={"warmup_epochs": 0}))
+    assert run_id(base) != run_id(RunConfig(variant="bn-vae", hparams={"warmup_epochs": 10}))
+
+
 def test_gumbel_temperature_schedule():
     # tau = max(0.5, exp(-1e-4 * t)), t rounded down to a multiple of 1000
     assert gumbel.temperature(999, 1.0, 0.5, 1e-4, 1000) == 1.0

@@ -10,7 +10,8 @@
 
 The schedules are pure functions of the step; ``warmup = 0`` gives w = 1 throughout, i.e. `vae`.
 ``warmup_epochs`` counts the ramp in epochs (``Variant.steps_per_epoch``) for runs whose length
-the convergence protocol decides.
+the convergence protocol decides; bn-vae, du-vae and pretrained-encoder take the same key
+(``ramp_steps``).
 
 Reference code vs the shared protocol: Bowman et al. anneal an LSTM text model trained with SGD;
 He et al.'s image script (and Li et al., BN-VAE) ramp linearly over their first 10 epochs, He et
@@ -22,6 +23,20 @@ import math
 
 from . import register
 from .base import Param, Variant
+
+
+#: a warm-up counted in epochs, for variants whose ramp is otherwise a fraction of the run: under
+#: the convergence protocol the cap is not the run's length, and the reference scripts count
+#: their ramps in epochs (He et al., Li et al., BN-VAE, DU-VAE: `--warm_up 10`)
+WARMUP_EPOCHS = Param(0, "ramp over this many epochs instead of `warmup` of the run (the "
+                      "reference scripts: 10); 0: use warmup", low=0, late=True)
+
+
+def ramp_steps(variant: Variant, fraction: float, steps: int) -> float:
+    """The warm-up's length in steps: ``warmup_epochs`` epochs when set, else ``fraction`` of
+    ``steps`` (the run's, or what is left of it)."""
+    epochs = variant.hp.get("warmup_epochs", 0)
+    return epochs * variant.steps_per_epoch if epochs else fraction * steps
 
 
 def linear(step: int, ramp_steps: float) -> float:

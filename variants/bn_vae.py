@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import register
-from .annealing import linear
+from .annealing import WARMUP_EPOCHS, linear, ramp_steps
 from .base import Param, Variant
 
 
@@ -47,7 +47,8 @@ class BNVAE(Variant):
     paper = "Zhu et al. 2020, ACL, section 3 (BatchNorm on the posterior means, fixed scale)"
     params = {"gamma": Param(0.7, "fixed BN scale of the means", low=0.0, low_open=True),
               "warmup": Param(0.1, "fraction of the run over which the KL weight ramps from 0 "
-                              "to 1 (their --warm_up: 10 epochs)", low=0.0, high=1.0)}
+                              "to 1 (their --warm_up: 10 epochs)", low=0.0, high=1.0),
+              "warmup_epochs": WARMUP_EPOCHS}
     neutral = None  # batch-normalized means: no setting gives the plain encoder
 
     def posterior_head(self, latent):
@@ -56,4 +57,5 @@ class BNVAE(Variant):
     anneals = True
 
     def kl_weight(self, step, total_steps):
-        return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0
+        ramp = ramp_steps(self, self.hp["warmup"], total_steps)
+        return linear(step, ramp) if ramp else 1.0

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
-from .annealing import linear
+from .annealing import WARMUP_EPOCHS, linear, ramp_steps
 from .base import Param, Variant
 
 FLOOR = 1.0 / (2.0 * math.pi * math.e)
@@ -66,21 +66,23 @@ class DUVAE(Variant):
         "warmup": Param(0.1, "fraction of the run over which the KL weight ramps from 0 to 1; "
                         "floor and dropout act once it has ended (their --warm_up: 10 epochs)",
                         low=0.0, high=1.0),
+        "warmup_epochs": WARMUP_EPOCHS,
     }
     neutral = None
 
     def posterior_head(self, latent):
         return DiversityUncertainty(latent.dim, self.hp["gamma"], self.hp["p"],
-                                    annealed=self.hp["warmup"] == 0.0)
+                                    annealed=not (self.hp["warmup"] or self.hp["warmup_epochs"]))
 
     anneals = True
 
     def kl_weight(self, step, total_steps):
-        return linear(step, self.hp["warmup"] * total_steps) if self.hp["warmup"] else 1.0
+        ramp = ramp_steps(self, self.hp["warmup"], total_steps)
+        return linear(step, ramp) if ramp else 1.0
 
     def stacking(self):
         return "its dropout on the variances draws from torch's global generator"
 
     def sample_options(self, step, total_steps):
-        ramp = self.hp["warmup"] * total_steps
+        ramp = ramp_steps(self, self.hp["warmup"], total_steps)
         return {"annealed": step >= ramp} if ramp else {}

@@ -12,7 +12,7 @@ deep latent variable modeling of text", section 3), as their code (bohanli/vae-p
    set back to the weights the run started from (``decoder_init = "start"``: in the lagging
    set-up, the pretrained decoder) - with fresh optimizers at the base learning rate;
 3. VAE training with the KL weight annealed linearly from 0 to 1 over the first ``warmup`` of the
-   remaining steps, and free bits per example and unit (their ``fb=2``, target 8 over nz = 32:
+   remaining steps (or over ``warmup_epochs`` epochs, their script's count), and free bits per example and unit (their ``fb=2``, target 8 over nz = 32:
    0.25 nats per unit; ``variants.free_bits``).
 
 Their script: patience 5 epochs (from epoch 15), 5 halvings, up to 100 epochs, then 10 epochs of
@@ -31,7 +31,7 @@ profile's MLP: about 450 steps, longer than its 400-step phase; `benchmarks/ae_p
 import math
 
 from . import register
-from .annealing import linear
+from .annealing import WARMUP_EPOCHS, linear, ramp_steps
 from .base import Param, Variant
 from .errors import ConfigError
 from .free_bits import free_bits
@@ -53,6 +53,7 @@ class PretrainedEncoder(Variant):
         "warmup": Param(0.5, "fraction of the steps after it over which the KL weight ramps "
                         "from 0 to 1", low=0.0, high=1.0),
         "lambda": Param(0.25, "free nats per example and unit (Li et al. fb=2)", low=0.0),
+        "warmup_epochs": WARMUP_EPOCHS,
     }
     neutral = {"ae_epochs": 0, "warmup": 0.0, "lambda": 0.0}
 
@@ -103,7 +104,7 @@ class PretrainedEncoder(Variant):
     def kl_weight(self, step, total_steps):
         if self.ae_steps is None:
             return 0.0
-        ramp = self.hp["warmup"] * (total_steps - self.ae_steps)
+        ramp = ramp_steps(self, self.hp["warmup"], total_steps - self.ae_steps)
         return linear(step - self.ae_steps, ramp) if ramp else 1.0
 
     def regularizer(self, kl):
