@@ -22,6 +22,7 @@ from .records import PRINTED, load_run, summarize
 from .screening import screening_reading, screening_table
 from .tables import main_table, markdown, published_table, reference_section, stage_table
 from .timing import throughput_section
+from .verdicts import verdict_lines
 
 
 def _environment(profile: Profile, summary: pd.DataFrame, results: Path) -> dict:
@@ -123,6 +124,7 @@ def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
                         f"{' and setting' if g else ''}: mean difference over seeds [95 % t "
                         "interval]; * where it excludes 0 (NLL: negative is better; KL, MI: "
                         "positive is more use of the latent).", "", markdown(paired), ""]
+                out += verdict_lines(sub, profile.baseline, f" in {g}" if g else "")
             text = reading(sub, profile.baseline, profile.floor)
             if text:
                 out += [f"**Reading{' ' + g if g else ''}** (generated from the numbers): {text}", ""]
