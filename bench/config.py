@@ -42,7 +42,21 @@ class ModelConfig:
                           "set their own size", low=0)
     decoder: str = fld("mlp", "decoder family: mlp (pixels independent given z), made (masked "
                        "autoregressive MLP, Germain et al. 2015), pixelcnn (gated PixelCNN, van "
-                       "den Oord et al. 2016)", choices=("mlp", "made", "pixelcnn"))
+                       "den Oord et al. 2016), lstm (token sequences: Bowman et al. 2016, He et "
+                       "al. 2019)", choices=("mlp", "made", "pixelcnn", "lstm"))
+    encoder: str = fld("auto", "encoder family: auto (the data decides: lstm for token "
+                       "sequences, mlp otherwise), mlp (model.hidden), lstm (token sequences: "
+                       "an LSTM's last hidden state)", choices=("auto", "mlp", "lstm"))
+    embedding_dim: int = fld(50, "lstm: token embedding size (He et al. 2019's synthetic and "
+                             "text models: 50 / 512)", low=1)
+    lstm_hidden: int = fld(50, "lstm: hidden units of the encoder's and decoder's LSTMs", low=1)
+    lstm_layers: int = fld(1, "lstm: layers of the decoder's LSTM", low=1)
+    dropout: float = fld(0.0, "lstm decoder: dropout on its input embeddings and on its hidden "
+                         "states before the logits (He et al.'s synthetic set: 0.5)", low=0.0,
+                         high=0.99)
+    word_dropout: float = fld(0.0, "lstm decoder: each input token replaced by an unknown symbol "
+                              "with this probability in training (Bowman et al. 2016)", low=0.0,
+                              high=1.0)
     window: int = fld(-1, "made: how many previous pixels a pixel's logit may see (-1: all; 0: "
                       "none, pixels independent given z): the decoder-strength dial", low=-1)
     direct: bool = fld(True, "made: direct masked pixel -> logit connections")
@@ -275,6 +289,29 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return validate(cfg)[0]
 
 
+def _sequence_model(cfg: RunConfig, model: ModelConfig, likelihood: str) -> ModelConfig:
+    """The model's encoder and decoder checked against the data: token sequences (a categorical
+    likelihood) take the lstm decoder and encoder (``model.encoder = auto`` resolves to it),
+    pixels the others."""
+    tokens = likelihood == "categorical"
+    if tokens and model.decoder != "lstm":
+        raise ConfigError(f"model.decoder={model.decoder!r} models pixels; allowed for the token "
+                          f"sequences of {cfg.dataset}: lstm")
+    if not tokens and model.decoder == "lstm":
+        raise ConfigError(f"model.decoder=lstm models token sequences; allowed for "
+                          f"{cfg.dataset}: mlp, made, pixelcnn")
+    if tokens and model.encoder == "mlp":
+        raise ConfigError(f"model.encoder=mlp reads pixels; allowed for the token sequences of "
+                          f"{cfg.dataset}: lstm (or auto)")
+    if not tokens and model.encoder == "lstm":
+        raise ConfigError(f"model.encoder=lstm reads token sequences; allowed for {cfg.dataset}: "
+                          "mlp (or auto)")
+    if not tokens and (model.dropout or model.word_dropout):
+        raise ConfigError("model.dropout / model.word_dropout act on the lstm decoder; allowed "
+                          "with model.decoder=lstm")
+    return dataclasses.replace(model, encoder="lstm") if tokens else model
+
+
 def validate(cfg: RunConfig):
     """(the resolved config, the variant object built from it): every check a run's config
     passes before anything trains, done once per run (``bench.identity.resolve_run``)."""
@@ -291,6 +328,7 @@ def validate(cfg: RunConfig):
     if model.decoder == "pixelcnn" and model.pixelcnn_kernel % 2 == 0:
         raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is invalid; allowed: "
                           "an odd int >= 1")
+    model = _sequence_model(cfg, model, data.likelihood(cfg.dataset))
     if model.decoder != "mlp" and cfg.dataset == "linear-gaussian":
         raise ConfigError(f"model.decoder={model.decoder!r} models binary pixels; allowed for "
                           "linear-gaussian: mlp")

@@ -106,7 +106,8 @@ HASHED_ONLY_WHEN_SET = (
                              "adam_eps", "stop_patience", "lr_decay_patience", "lr_decay",
                              "max_decays", "monitor", "protocol_from")),
     *(("model", k) for k in ("init", "latent2_dim", "latent2_hidden", "posterior_scale",
-                             "obs_var")))
+                             "obs_var", "encoder", "embedding_dim", "lstm_hidden", "lstm_layers",
+                             "dropout", "word_dropout")))
 #: fields that never change a run's numbers: never part of its id
 NOT_HASHED = (("train", "checkpoint_every"), *(("eval", f.name) for f in dataclasses.fields(
     EvalConfig) if f.name.startswith(("ais_", "bdmc_"))))  # attached evaluations (bench.grid.attached)

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .decoders import make_decoder, mlp
+from .decoders.lstm import LSTMEncoder
 from .latents import GaussianLatent
 
 LOG_2PI = math.log(2 * math.pi)
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical")  # categorical: token ids, lstm
 
 #: optimizer steps taken in this process, by any torch optimizer (a global post-step hook):
 #: part of the key of the cached evaluation decoder
@@ -120,18 +121,27 @@ class VAE(nn.Module):
                  decoder_hidden: Sequence[int] | None = None, activation: str = "tanh",
                  likelihood: str = "bernoulli", decoder: str = "mlp",
                  head: nn.Module | None = None, posterior_scale: str = "exp",
-                 obs_var: float = 0.0, **decoder_options):
+                 obs_var: float = 0.0, encoder: str = "mlp", **decoder_options):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood {likelihood!r} unknown; allowed: {', '.join(LIKELIHOODS)}")
         if likelihood == "gaussian" and decoder != "mlp":
             raise ValueError(f"decoder {decoder!r} models binary pixels; allowed for a Gaussian "
                              "likelihood: mlp")
+        if (likelihood == "categorical") != (decoder == "lstm"):
+            raise ValueError("token ids (a categorical likelihood) take the lstm decoder, and it "
+                             f"takes them; got {likelihood} with {decoder}")
         self.latent = latent
         self.likelihood = likelihood
         dec_hidden = tuple(hidden)[::-1] if decoder_hidden is None else tuple(decoder_hidden)
-        self.encoder = nn.Sequential(*mlp(input_dim, hidden, latent.param_size, activation)) \
-            if latent.param_size else NoEncoder()
+        if not latent.param_size:
+            self.encoder = NoEncoder()
+        elif encoder == "lstm":
+            self.encoder = LSTMEncoder(decoder_options["vocab"], latent.param_size,
+                                       decoder_options.get("embed", 50),
+                                       decoder_options.get("lstm_hidden", 50))
+        else:
+            self.encoder = nn.Sequential(*mlp(input_dim, hidden, latent.param_size, activation))
         if posterior_scale == "softplus" and latent.param_size:
             self.encoder.append(SoftplusScale(latent.dim))  # no parameters: names unchanged
         elif posterior_scale != "exp":
@@ -177,7 +187,7 @@ class VAE(nn.Module):
         """log p(x | z) for z of shape (S, B, Z) and x of shape (B, D) -> (S, B)."""
         if self.likelihood == "gaussian":
             return gaussian_log_prob(x, self.decoder(z), self.log_var)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.likelihood == "categorical":
             return self.decoder.log_prob(x, z)
         return self.inference_decoder().bernoulli_log_prob(x, z)
 

@@ -7,11 +7,14 @@ import os
 
 from variants.errors import ConfigError
 
-from . import builtin, npz
+from . import builtin, npz, tokens
+
+builtin.LOADERS["synthetic-lstm"] = lambda root: tokens.load_synthetic_lstm()
 
 
 def allowed() -> str:
-    return f"{', '.join(builtin.LOADERS)}, or a path to an .npz file (train, test[, valid])"
+    return (f"{', '.join(builtin.LOADERS)}, or a path to an .npz file (train, test[, valid]"
+            "[, vocab_size for token ids])")
 
 
 def check(name: str) -> None:
@@ -47,12 +50,13 @@ def digest(name: str) -> str | None:
 
 def likelihood(name: str) -> str:
     """The likelihood a dataset is modelled with, without loading it."""
-    return "bernoulli" if npz.is_file(name) else builtin.LIKELIHOODS.get(name, "bernoulli")
+    return npz.likelihood(name) if npz.is_file(name) \
+        else builtin.LIKELIHOODS.get(name, "bernoulli")
 
 
 #: point shape of the built-in datasets (pixels, or (H, W) for images)
 SHAPES = {"mnist": (28, 28), "fashion-mnist": (28, 28), "mnist-grey": (28, 28), "digits": (8, 8),
-          "linear-gaussian": (20,)}
+          "linear-gaussian": (20,), "synthetic-lstm": (10,)}
 
 
 def point_shape(name: str) -> tuple[int, ...]:

@@ -47,14 +47,16 @@ URLS = {"mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 # Model defaults a dataset imposes where the config leaves them unset (see config.resolve).
-MODEL_DEFAULTS = {"linear-gaussian": {"decoder_hidden": (), "latent_dim": 5}}
+MODEL_DEFAULTS = {"linear-gaussian": {"decoder_hidden": (), "latent_dim": 5},
+                  "synthetic-lstm": {"latent_dim": 2}}  # the generator's z (He et al.: nz 2)
 # Points held out of each training split for validation (``train.validation_size = -1``): enough
 # for a pooled mutual information with a bound log N well above the nats a model carries near
 # collapse, cheap enough to evaluate every epoch (digits: an eighth of its 1497 points).
 VALIDATION_SIZES = {"mnist": 2000, "fashion-mnist": 2000, "digits": 197, "linear-gaussian": 500,
-                    "mnist-grey": 2000}
+                    "mnist-grey": 2000, "synthetic-lstm": 2000}
 #: datasets modelled with a Gaussian likelihood (the rest: Bernoulli)
-LIKELIHOODS = {"linear-gaussian": "gaussian", "mnist-grey": "gaussian"}
+LIKELIHOODS = {"linear-gaussian": "gaussian", "mnist-grey": "gaussian",
+               "synthetic-lstm": "categorical"}
 VALIDATION_SEED = 20151007  # which points are held out: fixed, independent of every run seed
 
 
@@ -182,7 +184,7 @@ def available_source(name: str, root: Path) -> str | None:
     DataError, in the words ``load`` would use, for an incomplete IDX set that ``load`` would
     refuse."""
     name = name.removesuffix("-grey")  # the grey levels come from the same files
-    if name in ("digits", "linear-gaussian"):
+    if name in ("digits", "linear-gaussian", "synthetic-lstm"):
         return "bundled with scikit-learn" if name == "digits" else "generated"
     for src in sources(name, root)[:-1]:
         where = Path(src.where)
@@ -213,6 +215,7 @@ class Dataset:
     dynamic_binarization: bool = True
     oracle: dict | None = None
     valid: Tensor | None = None  # the held-out validation split (``hold_out``), if any
+    vocab_size: int = 0  # token data (``bench.data.tokens``): ids in [0, vocab_size); else 0
 
     @property
     def input_dim(self) -> int:
@@ -325,7 +328,7 @@ LOADERS: dict[str, Callable[[Path], Dataset]] = {
     "fashion-mnist": lambda root: load_idx_dataset("fashion-mnist", root),
     "linear-gaussian": lambda root: load_linear_gaussian(),
     "mnist-grey": lambda root: load_grey("mnist-grey", root),
-}
+}  # and synthetic-lstm, registered by bench.data (bench.data.tokens builds on this module)
 
 
 def load(name: str, root: str | os.PathLike | None = None) -> Dataset:

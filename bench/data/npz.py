@@ -10,6 +10,11 @@ from their fixed seeds. A 2-d point shape (H, W), after dropping axes of size 1,
 The file's sha256 is part of the run id and recorded in env.json, so an edited file never reuses
 the runs of its former contents. A bad file (unreadable, wrong keys, values outside [0, 1],
 NaN, empty, mismatched shapes) is refused in one line naming the file.
+
+Token sequences: a file that also holds ``vocab_size`` (one integer) is read as token ids of a
+fixed length, integer arrays (N, L) with ids in [0, vocab_size), modelled by the lstm decoder
+(``bench.data.tokens``); floats, ids out of range, empty splits and lengths that differ between
+splits are refused in one line. Padded sequences with lengths are not supported.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from .builtin import TEST_BINARIZATION_SEED, VALIDATION_SEED, DataError, Dataset, binarize, sha256
 
 SUFFIX = ".npz"
-REQUIRED, OPTIONAL = ("train", "test"), ("valid",)
+REQUIRED, OPTIONAL = ("train", "test"), ("valid", "vocab_size")
 #: validation points held out of the training split when the file brings none (``-1``)
 MAX_HELD_OUT = 2000
 
@@ -68,7 +73,7 @@ def _arrays(name: str) -> dict[str, np.ndarray]:
                         else f"unknown array {unknown[0]!r}")
                 has = ", ".join(sorted(keys)) or "nothing"
                 raise DataError(f"dataset file {name}: {what} (has: {has}); allowed: train, "
-                                "test and optionally valid")
+                                "test and optionally valid (and vocab_size for token ids)")
             wanted = [k for k in (*REQUIRED, *OPTIONAL) if k in keys]
             _check_claims(name, z, wanted)
             return {k: z[k] for k in wanted}
@@ -125,15 +130,37 @@ def image_shape(point_shape: tuple[int, ...]) -> tuple[int, ...] | None:
     return shape if len(shape) == 2 else None
 
 
+def _vocab(name: str, a: np.ndarray) -> int:
+    if a.ndim != 0 or a.dtype.kind not in "iu" or int(a) < 2:
+        raise DataError(f"dataset file {name}: vocab_size is {a.tolist()!r} ({a.dtype}); "
+                        "allowed: one integer >= 2 (token ids are 0 .. vocab_size - 1)")
+    return int(a)
+
+
+def _tokens(name: str, arrays: dict[str, np.ndarray]) -> dict:
+    """A token file's splits, checked, as int64 (N, L) arrays (``bench.data.tokens``)."""
+    from .tokens import check_tokens
+
+    vocab = _vocab(name, arrays.pop("vocab_size"))
+    length = None
+    for k, a in arrays.items():
+        check_tokens(f"dataset file {name}", f"array {k!r}", a, vocab)
+        if length is not None and a.shape[1] != length:
+            raise DataError(f"dataset file {name}: array {k!r} has sequences of length "
+                            f"{a.shape[1]}, 'train' {length}; allowed: one fixed length")
+        length = a.shape[1] if length is None else length
+    return {**{k: a.astype(np.int64) for k, a in arrays.items()}, "vocab_size": vocab}
+
+
 def _validated(name: str) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
-    """The file's splits, checked, as float32 (N, D) arrays, and the shape of one point (cached
-    per file contents)."""
+    """The file's splits, checked, as float32 (N, D) arrays (int64 token ids with the
+    ``vocab_size`` they come with), and the shape of one point (cached per file contents)."""
     key = (file_digest(name), "arrays")
     if key not in _checked_arrays:
         arrays = _arrays(name)
         shape = arrays["train"].shape[1:]
-        flat = {k: _checked(name, k, a, shape if k != "train" else None)
-                for k, a in arrays.items()}
+        flat = _tokens(name, arrays) if "vocab_size" in arrays else {
+            k: _checked(name, k, a, shape if k != "train" else None) for k, a in arrays.items()}
         _checked_arrays.clear()  # one file's arrays at a time
         _checked_arrays[key] = (flat, shape)
     return _checked_arrays[key]
@@ -148,8 +175,22 @@ def check(name: str) -> None:
     _validated(name)
 
 
+def likelihood(name: str) -> str:
+    """categorical for a file of token ids (it has ``vocab_size``), else bernoulli."""
+    return "categorical" if "vocab_size" in _validated(name)[0] else "bernoulli"
+
+
 def load_npz(name: str) -> Dataset:
     flat, shape = _validated(name)
+    if "vocab_size" in flat:  # token ids: never binarized
+        tensors = {k: torch.from_numpy(a.copy()) for k, a in flat.items() if k != "vocab_size"}
+        digests = {"file": file_digest(name)}
+        if "valid" in tensors:
+            digests["validation"] = sha256(tensors["valid"])
+        return Dataset(name, tensors["train"], tensors["test"], "categorical",
+                       f"file {Path(name).expanduser().resolve()}", None, digests,
+                       dynamic_binarization=False, valid=tensors.get("valid"),
+                       vocab_size=flat["vocab_size"])
     train = torch.from_numpy(flat["train"].copy())
     test = binarize(torch.from_numpy(flat["test"]),
                     torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
@@ -167,7 +208,7 @@ def validation_size(name: str) -> int:
     """The default validation split: the file's own ``valid`` array, else an eighth of the
     training points (at most ``MAX_HELD_OUT``; none when there is a single one) held out."""
     flat = _validated(name)[0]
-    n = len(flat["train"])
+    n = len(flat["train"])  # (the same for token files)
     if "valid" in flat:
         return len(flat["valid"])
     return max(1, min(MAX_HELD_OUT, n // 8)) if n > 1 else 0

@@ -37,6 +37,10 @@ def decoder_options(cfg: RunConfig, dataset: builtin.Dataset) -> dict:
         return {"image_shape": dataset.image_shape, "layers": m.pixelcnn_layers,
                 "channels": m.pixelcnn_channels, "kernel": m.pixelcnn_kernel,
                 "z_output": m.z_output}
+    if m.decoder == "lstm":
+        return {"vocab": dataset.vocab_size, "embed": m.embedding_dim,
+                "lstm_hidden": m.lstm_hidden, "lstm_layers": m.lstm_layers,
+                "dropout": m.dropout, "word_dropout": m.word_dropout}
     return {}
 
 
@@ -59,7 +63,8 @@ def build_model(cfg: RunConfig, dataset: builtin.Dataset,
                           latent2_dim=m.latent2_dim, latent2_hidden=m.latent2_hidden,
                           hidden=m.hidden, decoder_hidden=m.decoder_hidden,
                           activation=m.activation, likelihood=dataset.likelihood,
-                          decoder=m.decoder, **scale, **decoder_options(cfg, dataset))
+                          decoder=m.decoder, **scale, **decoder_options(cfg, dataset),
+                          **({"encoder": "lstm"} if m.encoder == "lstm" else {}))
         if m.init == "glorot":
             glorot_init(model, dataset)
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))

@@ -17,6 +17,8 @@ Families (``model.decoder``):
 - ``made``: a masked autoregressive MLP over the pixels in raster order (Germain et al. 2015),
   z added to the first hidden layer (every hidden layer with Skip-VAE) through its own linear
   map (``made``);
+- ``lstm``: token sequences, an LSTM over the tokens with z in its initial state and every input
+  (Bowman et al. 2016; He et al. 2019) (``lstm``; its ``log_prob`` reads ids, not pixels);
 - ``pixelcnn``: a gated PixelCNN with vertical and horizontal stacks (van den Oord et al. 2016,
   "Conditional image generation with PixelCNN decoders", eq. 4), z a learned bias in the first
   layer's gates (every layer's with Skip-VAE) (``pixelcnn``).
@@ -38,17 +40,19 @@ from .autoregressive import AutoregressiveDecoder, TiledInference
 from .fast_eval import EVAL_TILE_ROWS, InferenceDecoder, softplus_sum_
 from .independent import MLPDecoder, SkipMLPDecoder
 from .layers import ACTIVATIONS, bernoulli_log_prob, load_pretrained, mlp
+from .lstm import LSTMDecoder
 from .made import MADEDecoder, made_masks
 from .pixelcnn import PixelCNNDecoder
 
-DECODERS = ("mlp", "made", "pixelcnn")
+DECODERS = ("mlp", "made", "pixelcnn", "lstm")
 
 
 def stacking(kind: str) -> str | None:
     """None where decoder family ``kind``'s runs can train stacked (its kernels batched over
     runs give each run's own bits: ``tests/test_stacked.py``), else why not: a family says it
     with a class attribute ``stacking``."""
-    family = {"mlp": MLPDecoder, "made": MADEDecoder, "pixelcnn": PixelCNNDecoder}[kind]
+    family = {"mlp": MLPDecoder, "made": MADEDecoder, "pixelcnn": PixelCNNDecoder,
+              "lstm": LSTMDecoder}[kind]
     return getattr(family, "stacking", None)
 
 
@@ -65,7 +69,9 @@ def check_options(kind: str, hidden: Sequence[int], skip: bool = False, **_) -> 
 def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activation: str,
                  image_shape: Sequence[int] | None = None, window: int = -1,
                  direct: bool = True, z_output: bool = True, layers: int = 3,
-                 channels: int = 16, kernel: int = 3, skip: bool = False) -> nn.Module:
+                 channels: int = 16, kernel: int = 3, skip: bool = False, vocab: int = 0,
+                 embed: int = 50, lstm_hidden: int = 50, lstm_layers: int = 1,
+                 dropout: float = 0.0, word_dropout: float = 0.0) -> nn.Module:
     """The decoder family ``kind`` (one of DECODERS) for a latent of size z_dim and D pixels.
 
     Base conditioning (Dieng et al. 2019's base decoders): z is the MLP's input, and enters the
@@ -87,10 +93,13 @@ def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activa
                              "fashion-mnist, or an .npz file whose points are 2-d images")
         return PixelCNNDecoder(z_dim, image_shape, layers, channels, kernel, z_output,
                                layers_fed)
+    if kind == "lstm":  # d: the sequence length; skip-vae: z into every step's output
+        return LSTMDecoder(z_dim, vocab, d, embed, lstm_hidden, lstm_layers, dropout,
+                           word_dropout, z_output=skip)
     raise ValueError(f"unknown decoder {kind!r}; allowed: {', '.join(DECODERS)}")
 
 
 __all__ = ["ACTIVATIONS", "DECODERS", "EVAL_TILE_ROWS", "AutoregressiveDecoder",
-           "InferenceDecoder", "MADEDecoder", "MLPDecoder", "PixelCNNDecoder", "SkipMLPDecoder",
+           "InferenceDecoder", "LSTMDecoder", "MADEDecoder", "MLPDecoder", "PixelCNNDecoder", "SkipMLPDecoder",
            "TiledInference", "bernoulli_log_prob", "check_options", "load_pretrained",
            "made_masks", "make_decoder", "mlp", "softplus_sum_", "stacking"]
