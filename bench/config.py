@@ -150,6 +150,11 @@ class EvalConfig:
     ais_start: str = fld("encoder", "AIS: chains start at q(z|x) (encoder) or p(z) (prior)",
                          choices=("encoder", "prior"))
     bdmc_points: int = fld(0, "BDMC beside AIS on N points simulated from the model", low=0)
+    posterior_mean_points: int = fld(
+        0, "He et al. 2019's posterior-mean space at every epoch end, on the first N validation "
+        "points, for a latent of 1 or 2 dimensions: the exact posterior mean (quadrature) "
+        "against the encoder's (history: val_pm_slope, val_pm_corr, val_pm_spread and the "
+        "points); 0: off", low=0)
 
 
 @dataclass(frozen=True)
@@ -289,27 +294,18 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return validate(cfg)[0]
 
 
-def _sequence_model(cfg: RunConfig, model: ModelConfig, likelihood: str) -> ModelConfig:
-    """The model's encoder and decoder checked against the data: token sequences (a categorical
-    likelihood) take the lstm decoder and encoder (``model.encoder = auto`` resolves to it),
-    pixels the others."""
-    tokens = likelihood == "categorical"
-    if tokens and model.decoder != "lstm":
-        raise ConfigError(f"model.decoder={model.decoder!r} models pixels; allowed for the token "
-                          f"sequences of {cfg.dataset}: lstm")
-    if not tokens and model.decoder == "lstm":
-        raise ConfigError(f"model.decoder=lstm models token sequences; allowed for "
-                          f"{cfg.dataset}: mlp, made, pixelcnn")
-    if tokens and model.encoder == "mlp":
-        raise ConfigError(f"model.encoder=mlp reads pixels; allowed for the token sequences of "
-                          f"{cfg.dataset}: lstm (or auto)")
-    if not tokens and model.encoder == "lstm":
-        raise ConfigError(f"model.encoder=lstm reads token sequences; allowed for {cfg.dataset}: "
-                          "mlp (or auto)")
-    if not tokens and (model.dropout or model.word_dropout):
-        raise ConfigError("model.dropout / model.word_dropout act on the lstm decoder; allowed "
-                          "with model.decoder=lstm")
-    return dataclasses.replace(model, encoder="lstm") if tokens else model
+def _check_posterior_mean(cfg: RunConfig, model: ModelConfig, train: TrainConfig, variant) -> None:
+    if not cfg.eval.posterior_mean_points:
+        return
+    latent = variant.latent(model.latent_dim)
+    if model.latent2_dim or latent.dim not in (1, 2) or latent.param_size != 2 * latent.dim:
+        raise ConfigError(f"eval.posterior_mean_points needs one Gaussian latent of 1 or 2 "
+                          f"dimensions (quadrature); allowed: model.latent_dim=1 or 2 with a "
+                          f"Gaussian variant, not {cfg.variant!r} with latent {latent.dim}"
+                          f"{' and a second layer' if model.latent2_dim else ''}")
+    if not train.validation_size:
+        raise ConfigError("eval.posterior_mean_points reads validation points; allowed with "
+                          "train.validation_size > 0 (or -1: the dataset decides)")
 
 
 def validate(cfg: RunConfig):
@@ -328,7 +324,9 @@ def validate(cfg: RunConfig):
     if model.decoder == "pixelcnn" and model.pixelcnn_kernel % 2 == 0:
         raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is invalid; allowed: "
                           "an odd int >= 1")
-    model = _sequence_model(cfg, model, data.likelihood(cfg.dataset))
+    model = dataclasses.replace(model, encoder=data.tokens.model_encoder(
+        cfg.dataset, data.likelihood(cfg.dataset), model.decoder, model.encoder,
+        bool(model.dropout or model.word_dropout)))
     if model.decoder != "mlp" and cfg.dataset == "linear-gaussian":
         raise ConfigError(f"model.decoder={model.decoder!r} models binary pixels; allowed for "
                           "linear-gaussian: mlp")
@@ -364,6 +362,7 @@ def validate(cfg: RunConfig):
         raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
                           f"allowed for variant {cfg.variant!r}"
                           f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
+    _check_posterior_mean(cfg, model, train, variant)
     from .data.npz import image_shape
 
     shape = data.point_shape(cfg.dataset)

@@ -140,7 +140,7 @@ def test_token_data_takes_the_lstm_model_and_pixels_refuse_it():
 
 @pytest.mark.parametrize("variant", ["vae", "skip-vae"])
 def test_a_tiny_sequence_run_trains_and_evaluates(tmp_path, variant):
-    from bench.config import ModelConfig, RunConfig, TrainConfig, EvalConfig
+    from bench.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
     from bench.grid.runner import execute
 
     cfg = RunConfig(variant=variant, dataset=_token_file(tmp_path),
@@ -153,3 +153,63 @@ def test_a_tiny_sequence_run_trains_and_evaluates(tmp_path, variant):
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "ok" and 0 < m["nll_is"] and 0 < m["neg_elbo"]
     assert m["nll_is"] < 5 * np.log(9) + 5  # near the uniform model's 5 log 9 after one epoch
+
+
+# ---- the posterior-mean space (He et al. 2019) -----------------------------------------------
+def _linear_gaussian(sigma2=0.5):
+    from variants.core import VAE
+    from variants.latents import GaussianLatent
+
+    torch.manual_seed(0)
+    model = VAE(3, GaussianLatent(1), hidden=(), decoder_hidden=(), likelihood="gaussian",
+                obs_var=sigma2).double().eval()
+    w, b = model.decoder[0].weight[:, 0], model.decoder[0].bias  # x = w z + b + eps
+    precision = 1 + (w @ w) / sigma2
+    return model, w, b, precision, sigma2
+
+
+def test_posterior_mean_space_is_exact_on_the_linear_gaussian_model_and_catches_a_caught_up_encoder():
+    from bench.evaluation.quadrature import posterior_mean_space
+
+    model, w, b, precision, s2 = _linear_gaussian()
+    x = torch.randn(50, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2
+    truth = ((x - b) @ w / s2 / precision)[:, None]  # E[z|x] in closed form
+    with torch.no_grad():
+        lin = model.encoder[0]  # set the encoder's mean to the exact posterior mean
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[0] = w / s2 / precision
+        lin.bias[0] = -(b @ w) / s2 / precision
+    pm = posterior_mean_space(model, x)
+    assert torch.allclose(pm["model_mean"], truth, atol=1e-8, rtol=0)  # h = 0.1 on [-20, 20)
+    assert pm["slope"] == pytest.approx(1.0, abs=1e-7) and pm["corr"] == pytest.approx(1.0)
+    with torch.no_grad():
+        lin.weight[0] = 0.0  # an encoder that ignores x: the collapsed lag
+        lin.bias[0] = 0.0
+    lagging = posterior_mean_space(model, x)
+    assert lagging["slope"] == pytest.approx(0.0, abs=1e-12) and lagging["spread"] > 0.5
+    with torch.no_grad():
+        model.decoder[0].weight.zero_()  # a decoder that ignores z: p(z|x) = p(z)
+    flat = posterior_mean_space(model, x)
+    assert flat["spread"] < 1e-6 and flat["slope"] == 0.0
+
+
+def test_posterior_mean_columns_go_into_the_history(tmp_path):
+    import csv
+
+    from bench.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from bench.grid.runner import execute
+
+    cfg = RunConfig(dataset=_token_file(tmp_path),
+                    model=ModelConfig(decoder="lstm", latent_dim=1, embedding_dim=4,
+                                      lstm_hidden=4),
+                    train=TrainConfig(epochs=2, batch_size=8),
+                    eval=EvalConfig(is_samples=4, posterior_mean_points=3))
+    rows = list(csv.DictReader(open(execute(cfg, tmp_path / "runs") / "history.csv")))
+    assert len(rows) == 2 and all(len(r["val_pm_model"].split()) == 3 for r in rows)
+    assert all(np.isfinite(float(r["val_pm_spread"])) for r in rows)
+    from bench.config import resolve
+    from variants.errors import ConfigError
+    with pytest.raises(ConfigError, match="1 or 2 dimensions"):
+        resolve(RunConfig(dataset="digits", model=ModelConfig(latent_dim=3),
+                          eval=EvalConfig(posterior_mean_points=3)))

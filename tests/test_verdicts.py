@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.report.verdicts import (detectable, holm, improvement, improvement_interval, ranking,
-                                   verdict_lines, verdicts)
+from bench.report.verdicts import (
+    detectable,
+    holm,
+    improvement,
+    improvement_interval,
+    ranking,
+    verdict_lines,
+    verdicts,
+)
 
 
 def test_holm_step_down_by_hand():

@@ -24,7 +24,6 @@ import math
 from . import register
 from .base import Param, Variant
 
-
 #: a warm-up counted in epochs, for variants whose ramp is otherwise a fraction of the run: under
 #: the convergence protocol the cap is not the run's length, and the reference scripts count
 #: their ramps in epochs (He et al., Li et al., BN-VAE, DU-VAE: `--warm_up 10`)

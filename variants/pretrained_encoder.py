@@ -12,8 +12,9 @@ deep latent variable modeling of text", section 3), as their code (bohanli/vae-p
    set back to the weights the run started from (``decoder_init = "start"``: in the lagging
    set-up, the pretrained decoder) - with fresh optimizers at the base learning rate;
 3. VAE training with the KL weight annealed linearly from 0 to 1 over the first ``warmup`` of the
-   remaining steps (or over ``warmup_epochs`` epochs, their script's count), and free bits per example and unit (their ``fb=2``, target 8 over nz = 32:
-   0.25 nats per unit; ``variants.free_bits``).
+   remaining steps (or over ``warmup_epochs`` epochs, their script's count), and free bits per
+   example and unit (their ``fb=2``, target 8 over nz = 32: 0.25 nats per unit;
+   ``variants.free_bits``).
 
 Their script: patience 5 epochs (from epoch 15), 5 halvings, up to 100 epochs, then 10 epochs of
 annealing. The defaults here (patience 1, 2 halvings, a cap of half the run, half of the VAE

@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from variants.errors import ConfigError
+
 from .builtin import DataError, Dataset, sha256
 
 SEED = 19950927  # He et al.'s generator seed
@@ -113,3 +115,27 @@ def check_tokens(name: str, split: str, a: np.ndarray, vocab_size: int) -> None:
     if lo < 0 or hi >= vocab_size:
         raise DataError(f"{name}: {split} holds token ids {lo} .. {hi}; allowed: 0 .. "
                         f"{vocab_size - 1} (vocab_size = {vocab_size})")
+
+
+def model_encoder(dataset: str, likelihood: str, decoder: str, encoder: str,
+                  dropout: bool) -> str:
+    """The model's encoder (``model.encoder``, ``auto`` resolved: lstm for token sequences) once
+    the decoder and encoder are checked against the data: token sequences (a categorical
+    likelihood) take the lstm decoder and encoder, pixels the others."""
+    tokens = likelihood == "categorical"
+    if tokens and decoder != "lstm":
+        raise ConfigError(f"model.decoder={decoder!r} models pixels; allowed for the token "
+                          f"sequences of {dataset}: lstm")
+    if not tokens and decoder == "lstm":
+        raise ConfigError(f"model.decoder=lstm models token sequences; allowed for {dataset}: "
+                          "mlp, made, pixelcnn")
+    if tokens and encoder == "mlp":
+        raise ConfigError(f"model.encoder=mlp reads pixels; allowed for the token sequences of "
+                          f"{dataset}: lstm (or auto)")
+    if not tokens and encoder == "lstm":
+        raise ConfigError(f"model.encoder=lstm reads token sequences; allowed for {dataset}: mlp "
+                          "(or auto)")
+    if not tokens and dropout:
+        raise ConfigError("model.dropout / model.word_dropout act on the lstm decoder; allowed "
+                          "with model.decoder=lstm")
+    return "lstm" if tokens else encoder

@@ -166,3 +166,51 @@ def summary(result: dict[str, Tensor], nll_is: Tensor | None = None) -> dict:
     if nll_is is not None:
         out["is_gap"], out["is_gap_se"] = mean_se(nll_is.double() + result["log_px"])
     return out
+
+
+#: He et al. 2019's grid for the posterior-mean space (toy.py, ``calc_infer_mean``): z in
+#: [-20, 20) in steps of 0.1 for a 1-d latent; a 2-d latent takes 100 x 100 cells on [-10, 10]^2
+PM_GRID = {1: (20.0, 400), 2: (10.0, 100)}
+#: below this sd over the points, the model's posterior means do not move with x (its posterior
+#: is the prior's, whatever x): there is nothing for the encoder to lag behind, and the slope is 0
+PM_FLAT = 1e-3
+
+
+@torch.no_grad()
+def posterior_mean_space(model, x: Tensor) -> dict:
+    """He et al. 2019's posterior-mean space on the points x: the model's exact posterior mean
+    E_p(z|x)[z] on the grid of ``PM_GRID`` against the encoder's mean mu_q(x), and a summary
+    pooled over the latent's dimensions: ``slope`` of the regression of mu_q on E_p[z|x] (0: the
+    encoder ignores what the model's posterior says, the collapsed lag; 1: caught up), their
+    correlation ``corr``, and ``spread``, the sd of E_p[z|x] over the points (where it is below
+    ``PM_FLAT`` the slope is 0 and the correlation NaN). The model should be in eval mode."""
+    radius, cells = PM_GRID[model.latent.dim]
+    exact = _quadrature_block(model, x, radius, cells)["posterior_mean"]
+    q = model.encode(x)
+    enc = q.mu.double()
+    m, e = exact.reshape(-1), enc.reshape(-1)
+    spread = float(m.std()) if len(m) > 1 else 0.0
+    if spread < PM_FLAT:
+        slope, corr = 0.0, float("nan")
+    else:
+        mc, ec = m - m.mean(), e - e.mean()
+        slope = float((mc * ec).sum() / (mc * mc).sum())
+        corr = float((mc * ec).sum() / ((mc * mc).sum() * (ec * ec).sum()).sqrt().clamp_min(1e-300))
+    return {"model_mean": exact, "encoder_mean": enc, "slope": slope, "corr": corr,
+            "spread": spread}
+
+
+def posterior_mean_row(model, x: Tensor) -> dict:
+    """The history columns of one epoch end: ``val_pm_slope``, ``val_pm_corr``,
+    ``val_pm_spread``, and the points themselves, space-separated with 4 significant digits
+    (``val_pm_model``, ``val_pm_encoder``; a 2-d latent's coordinates point by point), from
+    which the figure is drawn."""
+    was_training = model.training
+    model.eval()
+    try:
+        pm = posterior_mean_space(model, x)
+    finally:
+        model.train(was_training)
+    text = lambda a: " ".join(f"{v:.4g}" for v in a.reshape(-1).tolist())  # noqa: E731
+    return {"val_pm_slope": pm["slope"], "val_pm_corr": pm["corr"], "val_pm_spread": pm["spread"],
+            "val_pm_model": text(pm["model_mean"]), "val_pm_encoder": text(pm["encoder_mean"])}

@@ -37,6 +37,7 @@ from ..evaluation.metrics import (
     validation_loss,
     validation_minibatch_mi,
 )
+from ..evaluation.quadrature import posterior_mean_row
 from ..identity import ResolvedRun, checkpoint_dir, resolve_run, variant_source
 from ..machine import isolation, numerics
 from ..results import (
@@ -215,6 +216,8 @@ def _validation_hooks(cfg: RunConfig, p: Prepared):
     def epoch_end(epoch: int) -> dict:
         state["epoch"] = epoch
         row = validation_diagnostics(model, valid, cfg.eval.seed, epoch)
+        if cfg.eval.posterior_mean_points:
+            row.update(posterior_mean_row(model, valid[:cfg.eval.posterior_mean_points]))
         if cfg.train.monitor == "val_loss":  # the objective as it stands at the epoch's end
             per_epoch = math.ceil(len(dataset.train) / cfg.train.batch_size)
             row["val_loss"] = validation_loss(

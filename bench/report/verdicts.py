@@ -193,7 +193,7 @@ def ranking(summary: pd.DataFrame, col: str = "nll_is", draws: int = DRAWS,
     point = vals.mean(axis=0).argsort().argsort() + 1
     lo, hi = np.percentile(ranks, [2.5, 97.5], axis=0)
     out = pd.DataFrame({"configuration": [config_name(c) for c in wide.columns], "rank": point,
-                        "rank [95 %]": [f"{int(a)}–{int(b)}" for a, b in zip(lo, hi)],
+                        "rank [95 %]": [f"{int(a)}–{int(b)}" for a, b in zip(lo, hi, strict=True)],
                         "mean": vals.mean(axis=0), "seeds": vals.shape[0]})
     return out.sort_values("rank").reset_index(drop=True)
 

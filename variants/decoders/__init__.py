@@ -100,6 +100,7 @@ def make_decoder(kind: str, z_dim: int, d: int, *, hidden: Sequence[int], activa
 
 
 __all__ = ["ACTIVATIONS", "DECODERS", "EVAL_TILE_ROWS", "AutoregressiveDecoder",
-           "InferenceDecoder", "LSTMDecoder", "MADEDecoder", "MLPDecoder", "PixelCNNDecoder", "SkipMLPDecoder",
+           "InferenceDecoder", "LSTMDecoder", "MADEDecoder", "MLPDecoder", "PixelCNNDecoder",
+           "SkipMLPDecoder",
            "TiledInference", "bernoulli_log_prob", "check_options", "load_pretrained",
            "made_masks", "make_decoder", "mlp", "softplus_sum_", "stacking"]
