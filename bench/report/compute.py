@@ -32,9 +32,40 @@ def _epochs(frame: pd.DataFrame) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def compute_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration with finished runs: runs, epochs, minutes per run (mean of
-    training, diagnostics, evaluation, and their sum) and the sum over its runs."""
+def still_falling(runs: Path, name: str, last: int = 3) -> float:
+    """How fast a run's watched validation number (``val_loss`` where it has one, else
+    ``val_neg_elbo``) still fell at its end: the mean decrease per epoch over its last ``last``
+    epochs (positive: still improving), from history.csv; NaN where it cannot be read."""
+    try:
+        history = pd.read_csv(Path(runs) / name / "history.csv")
+    except (OSError, ValueError, pd.errors.ParserError):
+        return float("nan")
+    col = "val_loss" if "val_loss" in history else "val_neg_elbo"
+    if col not in history or len(history) <= last:
+        return float("nan")
+    values = history[col].astype(float).to_numpy()
+    return float((values[-last - 1] - values[-1]) / last)
+
+
+def _trajectory(frame: pd.DataFrame, runs: Path | None) -> dict:
+    """Stopped by the rule, of how many, and the median of ``still_falling`` over the capped."""
+    if "stop_reason" not in frame or frame["stop_reason"].isna().all():
+        return {}
+    capped = frame[frame["stop_reason"] == "cap"]
+    out = {"by the rule": f"{len(frame) - len(capped)}/{len(frame)}"}
+    if runs is not None and "run" in frame:
+        falls = [still_falling(runs, str(n)) for n in capped["run"].dropna()]
+        falls = [f for f in falls if f == f]
+        out["capped: still falling"] = f"{pd.Series(falls).median():+.2f}" if falls else "-"
+    return out
+
+
+def compute_table(summary: pd.DataFrame, runs: Path | None = None) -> pd.DataFrame:
+    """One row per configuration with finished runs: runs, epochs, how many stopped by the
+    convergence rule and how fast the capped ones' validation number still fell at the cap
+    (nats per epoch over their last 3, median; with ``runs``, where their histories are),
+    minutes per run (mean of training, diagnostics, evaluation, and their sum) and the sum over
+    its runs."""
     ok = summary[summary["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame()
@@ -44,6 +75,7 @@ def compute_table(summary: pd.DataFrame) -> pd.DataFrame:
         mean = {p: frame[p].astype(float).mean() / 60 if p in frame else float("nan")
                 for p in PARTS}
         rows.append({"configuration": label, "runs": len(frame), "epochs": _epochs(frame),
+                     **_trajectory(frame, runs),
                      "train min/run": f"{mean['train_seconds']:.1f}",
                      "diagnostics min/run": f"{mean['diagnostics_seconds']:.1f}",
                      "eval min/run": f"{mean['eval_seconds']:.1f}",
@@ -125,7 +157,7 @@ def stacked_line(summary: pd.DataFrame, runs: Path) -> str:
 
 def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
     """The report's section: the table, then the totals and the longest single run."""
-    table = compute_table(summary)
+    table = compute_table(summary, runs)
     if table.empty:
         return []
     ok = summary[summary["status"] == "ok"]
@@ -145,7 +177,12 @@ def compute_section(summary: pd.DataFrame, runs: Path) -> list[str]:
     lines = ["## Measured compute", "", markdown(table), "",
              text + " Minutes of one process as its record states them (training, the "
              "validation diagnostics at every epoch end, the test evaluation); a run that shared "
-             "the CPU with another job counts the time it took."]
+             "the CPU with another job counts the time it took."
+             + (" By the rule: runs the convergence protocol stopped, of the configuration's; "
+                "capped: still falling: how much the capped runs' watched validation number "
+                "(-ELBO, or the objective for runs that watch it) still fell per epoch over "
+                "their last 3 epochs, median, in nats: how far from converged the cap left them."
+                if "by the rule" in table else "")]
     if len(ok) > 1:
         lines += ["", workers_line(list(pre.values()), submission_order(ok))]
     stacked = stacked_line(summary, runs) if "run" in summary else ""
