@@ -298,6 +298,8 @@ def _check_posterior_mean(cfg: RunConfig, model: ModelConfig, train: TrainConfig
     if not cfg.eval.posterior_mean_points:
         return
     latent = variant.latent(model.latent_dim)
+    if latent.dim == 0:  # no latent (decoder-only): nothing to lag behind, no diagnostic
+        return
     if model.latent2_dim or latent.dim not in (1, 2) or latent.param_size != 2 * latent.dim:
         raise ConfigError(f"eval.posterior_mean_points needs one Gaussian latent of 1 or 2 "
                           f"dimensions (quadrature); allowed: model.latent_dim=1 or 2 with a "

@@ -213,3 +213,38 @@ def test_posterior_mean_columns_go_into_the_history(tmp_path):
     with pytest.raises(ConfigError, match="1 or 2 dimensions"):
         resolve(RunConfig(dataset="digits", model=ModelConfig(latent_dim=3),
                           eval=EvalConfig(posterior_mean_points=3)))
+
+
+def test_the_report_draws_the_posterior_mean_space(tmp_path):
+    from bench.grid.suite import load_profile, run_suite
+    from bench.report import write_report
+
+    data = _token_file(tmp_path)
+    (tmp_path / "p.toml").write_text(f'''
+[profile]
+seeds = [0]
+baseline = "vae"
+floor = "decoder-only"
+[defaults]
+dataset = "{data}"
+"model.decoder" = "lstm"
+"model.latent_dim" = 1
+"model.embedding_dim" = 4
+"model.lstm_hidden" = 4
+"train.epochs" = 2
+"train.batch_size" = 8
+"eval.is_samples" = 4
+"eval.posterior_mean_points" = 3
+[[config]]
+label = "vae"
+variant = "vae"
+[[config]]
+label = "decoder-only"
+variant = "decoder-only"
+''')
+    profile = load_profile(str(tmp_path / "p.toml"))
+    run_suite(profile, tmp_path / "results", progress=False)
+    paths = write_report(profile, tmp_path / "results", tmp_path / "reports")
+    text = next(p for p in paths if p.suffix == ".md").read_text()
+    assert "## Posterior-mean space" in text and "| vae | 1 |" in text
+    assert (tmp_path / "reports" / profile.name / "posterior_mean_space.png").is_file()

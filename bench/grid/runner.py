@@ -216,7 +216,7 @@ def _validation_hooks(cfg: RunConfig, p: Prepared):
     def epoch_end(epoch: int) -> dict:
         state["epoch"] = epoch
         row = validation_diagnostics(model, valid, cfg.eval.seed, epoch)
-        if cfg.eval.posterior_mean_points:
+        if cfg.eval.posterior_mean_points and model.latent.dim:
             row.update(posterior_mean_row(model, valid[:cfg.eval.posterior_mean_points]))
         if cfg.train.monitor == "val_loss":  # the objective as it stands at the epoch's end
             per_epoch = math.ceil(len(dataset.train) / cfg.train.batch_size)

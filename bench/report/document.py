@@ -14,6 +14,7 @@ from ..config import SUITE_VERSION
 from ..data.builtin import TEST_BINARIZATION_SEED
 from ..grid.profile import grid
 from ..grid.suite import Profile, runs_dir
+from . import posterior_space
 from .compute import compute_section
 from .estimators import estimator_section
 from .figures import figures
@@ -225,6 +226,9 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
         f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
+    pm_lines, _ = posterior_space.section(profile, summary, runs_dir(results, profile),
+                                          reports / profile.name)
+    lines += ["", *pm_lines[:-1]] if pm_lines else []
     ais_lines = _ais_lines(profile, summary)
     lines += ["", *ais_lines[:-1]] if ais_lines else []
     if "stop_reason" in summary and summary["stop_reason"].notna().any():
