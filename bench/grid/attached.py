@@ -123,12 +123,14 @@ def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, poi
         # (its IS per point is then the run's own nll_is, same seed and blocks), else the subset
         whole = quadrature.shares_logits(model)
         xq = x_test if whole else x
-        quad = quadrature.quadrature(model, xq)
+        cells = None if whole else quadrature.CELLS_PER_POINT[model.latent.dim]
+        quad = quadrature.quadrature(model, xq, cells=cells)
         with torch.no_grad():
             is_q = nll_is_points(model, encode(model, xq), xq, cfg.eval.is_samples, seed)[0] \
                 if whole else nll_is
         exact = quadrature.summary(quad, is_q)
         exact["points"] = "split" if whole else "subset"
+        exact["cells"] = cells or (4000 if model.latent.dim == 1 else 1000)
         log_px_sub = quad["log_px"][idx.to(quad["log_px"].device)] if whole else quad["log_px"]
         exact["nll_exact_subset"] = -log_px_sub.mean().item()
         exact["ais_minus_exact"], exact["ais_minus_exact_se"] = mean_se(nll_ais + log_px_sub)
