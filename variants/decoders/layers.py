@@ -37,7 +37,8 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
-def load_pretrained(decoder: nn.Module, state: dict[str, Tensor]) -> None:
+def load_pretrained(decoder: nn.Module, state: dict[str, Tensor],
+                    z_columns: tuple[str, ...] = ()) -> None:
     """Start ``decoder`` from the same decoder trained without a latent (Z = 0): the lagging
     set-up of He et al. 2019 made explicit.
 
@@ -46,7 +47,9 @@ def load_pretrained(decoder: nn.Module, state: dict[str, Tensor]) -> None:
     MLP's first layer, whose z-columns number 0). They are set to zero, so at the first step the
     model computes exactly the pretrained decoder's p(x), whatever z is: a function-preserving
     start, as if the pretrained decoder had had z-connections of weight 0 all along (fresh random
-    z-maps would instead perturb every pretrained unit with noise).
+    z-maps would instead perturb every pretrained unit with noise). ``z_columns`` names tensors
+    whose input is the pretrained decoder's with z's columns appended (the LSTM's first input
+    weights, over [embedding, z]): their leading columns are copied, z's set to zero.
     """
     own = decoder.state_dict()
     unknown = sorted(set(state) - set(own))
@@ -57,6 +60,11 @@ def load_pretrained(decoder: nn.Module, state: dict[str, Tensor]) -> None:
             theirs = state.get(name)
             if theirs is not None and theirs.shape == tensor.shape:
                 tensor.copy_(theirs)
+            elif name in z_columns and theirs is not None \
+                    and theirs.shape[:-1] == tensor.shape[:-1] \
+                    and theirs.shape[-1] < tensor.shape[-1]:
+                tensor.zero_()
+                tensor[..., :theirs.shape[-1]] = theirs
             elif theirs is None or (theirs.numel() == 0 and theirs.shape[:-1] == tensor.shape[:-1]):
                 tensor.zero_()  # carries z
             else:

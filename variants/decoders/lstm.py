@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import load_pretrained
+
 #: rows of (sample x point) sequences per chunk of the no-grad log-likelihood: (rows, L, V)
 #: logits at a time, so that IS with K = 500 does not hold K x B x L x V floats at once
 EVAL_ROWS = 2048
@@ -109,26 +111,10 @@ class LSTMDecoder(nn.Module):
         return torch.cat(out, 1)
 
     def load_pretrained(self, state: dict[str, Tensor]) -> None:
-        """Start from the same decoder trained without a latent: every tensor copied, what carries
-        z (the z columns of the first layer's input weights, the state and output maps of z) at
-        zero, so the model starts as exactly the pretrained language model."""
-        own = self.state_dict()
-        unknown = sorted(set(state) - set(own))
-        if unknown:
-            raise ValueError(f"pretrained decoder has tensors this decoder lacks: {unknown[:3]}")
-        with torch.no_grad():
-            for name, tensor in own.items():
-                theirs = state.get(name)
-                if theirs is None or theirs.numel() == 0:
-                    tensor.zero_()
-                elif theirs.shape == tensor.shape:
-                    tensor.copy_(theirs)
-                elif name == "lstm.weight_ih_l0" and theirs.shape[0] == tensor.shape[0]:
-                    tensor.zero_()
-                    tensor[:, :theirs.shape[1]] = theirs  # the embedding columns; z's at 0
-                else:
-                    raise ValueError(f"pretrained decoder's {name} has shape "
-                                     f"{tuple(theirs.shape)}, this one {tuple(tensor.shape)}")
+        """Start from the same decoder trained without a latent (``layers.load_pretrained``):
+        what carries z (the z columns of the first layer's input weights, the state and output
+        maps of z) at zero, so the model starts as exactly the pretrained language model."""
+        load_pretrained(self, state, z_columns=("lstm.weight_ih_l0",))
 
 
 class LSTMEncoder(nn.Module):
