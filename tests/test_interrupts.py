@@ -159,13 +159,25 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path, group_killed_after, lag
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("when", ["training", "starting"])
 def test_ctrl_c_ends_a_parallel_suite_in_one_line_without_leftover_workers(
-        tmp_path, group_killed_after, lagging_toml):
+        tmp_path, group_killed_after, lagging_toml, when):
+    """Ctrl-C reaches the whole process group: while the runs train, or while a worker is
+    still importing (stop 41: a worker spawned after the first had started a stack of 2 runs
+    printed KeyboardInterrupt's traceback from inside its import of scipy)."""
     proc = cli("suite", "--profile", str(lagging_toml(epochs=400)), "--jobs", "2", "--results",
                str(tmp_path / "r"))
     group_killed_after.append(proc)
-    children = children_of(proc, 3)  # the resource tracker and two workers
-    assert training(tmp_path / "r" / "lag" / "runs", 2)  # both workers inside a run
+    if when == "training":
+        children = children_of(proc, 3)  # the resource tracker and two workers
+        assert training(tmp_path / "r" / "lag" / "runs", 2)  # inside runs
+    else:  # deterministic: the first worker is signalled alone while it imports, then all
+        children = children_of(proc, 2, wait=120)  # the tracker and the first worker
+        workers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers, "no worker started"
+        time.sleep(0.5)  # inside its imports (torch, scipy: several seconds)
+        os.kill(workers[0], signal.SIGINT)
+        time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
     code = proc.wait(60)
     err = proc.stderr.read().strip().splitlines()

@@ -4,9 +4,11 @@ per run on a cluster (``ray``). Each yields the statuses of the runs as they fin
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -92,15 +94,33 @@ BACKENDS = ("local", "ray")
 RAY_CONNECT_TIMEOUT = 10.0
 
 
+@contextmanager
+def sigint_blocked():
+    """SIGINT blocked in this thread while the body runs, delivered (as KeyboardInterrupt) when
+    it ends: a pool worker spawned inside inherits the blocked signal through fork and exec, so
+    a Ctrl-C to the process group while it still imports (before ``die_with_parent`` ignores
+    SIGINT) cannot print a traceback from inside its import (stop 41's CI failure; Python's
+    resource tracker starts the same way). Elsewhere than POSIX: nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def die_with_parent(parent: int) -> None:
     """In a pool worker: be killed when the parent (pid ``parent``) dies, even by SIGKILL
     (Linux's PR_SET_PDEATHSIG; elsewhere nothing), so no worker outlives a killed suite; a
     worker whose parent died while it was starting exits at once."""
     try:
         import ctypes
-        import signal
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        if hasattr(signal, "pthread_sigmask"):  # started blocked (sigint_blocked): a pending
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # one is now dropped
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
         if os.getppid() != parent:  # the parent died before the call (we were re-parented)
@@ -230,8 +250,9 @@ def _pool_pass(units: list[list], out: Path, data_dir: str | None, jobs: int, th
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
                                initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        futures = {pool.submit(run_unit, [run.config for run in unit], out, data_dir, threads):
-                   unit for unit in units}
+        with sigint_blocked():  # the workers start (on submit) with SIGINT blocked
+            futures = {pool.submit(run_unit, [run.config for run in unit], out, data_dir,
+                                   threads): unit for unit in units}
         seen = set()
         for fut in as_completed(futures):
             seen.add(fut)
