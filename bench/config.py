@@ -18,6 +18,8 @@ from variants.base import Param
 from variants.decoders import check_options
 from variants.errors import ConfigError
 
+from . import checks
+
 SUITE_VERSION = "6"  # bump when numbers legitimately change (estimator, protocol, defaults)
 
 
@@ -78,7 +80,9 @@ class ModelConfig:
     init: str = fld("default", "weight initialization: default (torch's nn.Linear) or glorot "
                     "(Burda et al. 2016's code: Glorot-uniform weights, zero biases, the decoder's "
                     "output bias the logit of the training split's mean pixel, clipped to "
-                    "[0.001, 0.999]; mlp decoder)", choices=("default", "glorot"))
+                    "[0.001, 0.999]; mlp decoder) or uniform (He et al. 2019's text and "
+                    "synthetic models: every parameter U(-0.01, 0.01), embeddings U(-0.1, 0.1))",
+                    choices=("default", "glorot", "uniform"))
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,11 @@ class TrainConfig:
     epochs: int = fld(10, "passes over the training split", low=1)
     batch_size: int = fld(100, "minibatch size (Burda et al. 2016: 20; He et al. 2019: 50 on "
                           "OMNIGLOT, 32 on text)", low=1)
-    lr: float = fld(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    lr: float = fld(1e-3, "learning rate (of Adam, or of SGD with train.optimizer=sgd)", low=0.0,
+                    low_open=True)
+    optimizer: str = fld("adam", "adam: Adam (train.adam_*); sgd: plain SGD, no momentum, as He "
+                         "et al. 2019's text and synthetic scripts (lr 1.0)",
+                         choices=("adam", "sgd"))
     clip: float = fld(5.0, "gradient-norm clip of every optimizer step of every variant, the plain "
                       "VAE and the decoder-only reference included (5: every reference script's "
                       "clip_grad_norm_: jxhe/vae-lagging-encoder image.py, BN-VAE, DU-VAE, "
@@ -294,22 +302,6 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return validate(cfg)[0]
 
 
-def _check_posterior_mean(cfg: RunConfig, model: ModelConfig, train: TrainConfig, variant) -> None:
-    if not cfg.eval.posterior_mean_points:
-        return
-    latent = variant.latent(model.latent_dim)
-    if latent.dim == 0:  # no latent (decoder-only): nothing to lag behind, no diagnostic
-        return
-    if model.latent2_dim or latent.dim not in (1, 2) or latent.param_size != 2 * latent.dim:
-        raise ConfigError(f"eval.posterior_mean_points needs one Gaussian latent of 1 or 2 "
-                          f"dimensions (quadrature); allowed: model.latent_dim=1 or 2 with a "
-                          f"Gaussian variant, not {cfg.variant!r} with latent {latent.dim}"
-                          f"{' and a second layer' if model.latent2_dim else ''}")
-    if not train.validation_size:
-        raise ConfigError("eval.posterior_mean_points reads validation points; allowed with "
-                          "train.validation_size > 0 (or -1: the dataset decides)")
-
-
 def validate(cfg: RunConfig):
     """(the resolved config, the variant object built from it): every check a run's config
     passes before anything trains, done once per run (``bench.identity.resolve_run``)."""
@@ -323,21 +315,11 @@ def validate(cfg: RunConfig):
         model = dataclasses.replace(model, decoder_hidden=tuple(dec))
     if model.latent_dim == 0:
         model = dataclasses.replace(model, latent_dim=dataset_defaults.get("latent_dim", 50))
-    if model.decoder == "pixelcnn" and model.pixelcnn_kernel % 2 == 0:
-        raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is invalid; allowed: "
-                          "an odd int >= 1")
+    checks.kernel(model)
     model = dataclasses.replace(model, encoder=data.tokens.model_encoder(
         cfg.dataset, data.likelihood(cfg.dataset), model.decoder, model.encoder,
         bool(model.dropout or model.word_dropout)))
-    if model.decoder != "mlp" and cfg.dataset == "linear-gaussian":
-        raise ConfigError(f"model.decoder={model.decoder!r} models binary pixels; allowed for "
-                          "linear-gaussian: mlp")
-    if model.decoder == "made" and not model.decoder_hidden:
-        raise ConfigError("model.decoder=made needs hidden layers; allowed: "
-                          "model.decoder_hidden=W[,W...]")
-    if model.latent2_hidden != ModelConfig().latent2_hidden and not model.latent2_dim:
-        raise ConfigError("model.latent2_hidden is set but there is no second stochastic layer; "
-                          "allowed: with model.latent2_dim > 0")
+    checks.model_checks(cfg.dataset, model, ModelConfig().latent2_hidden)
     variant = create_variant(cfg.variant, **cfg.hparams)
     check_options(model.decoder, model.decoder_hidden, **variant.decoder_options())
     if model.latent2_dim:
@@ -347,32 +329,12 @@ def validate(cfg: RunConfig):
     train = cfg.train
     if train.validation_size < 0:
         train = dataclasses.replace(train, validation_size=data.validation_size(cfg.dataset))
-    if cfg.eval.test_points == 1:
-        raise ConfigError("eval.test_points=1 is invalid; allowed: 0 (the whole test split) or "
-                          ">= 2 (a standard error needs two points)")
-    if (train.stop_patience or train.lr_decay_patience) and not train.validation_size:
-        raise ConfigError("train.stop_patience / train.lr_decay_patience watch the validation "
-                          "split; allowed with train.validation_size > 0 (or -1: the dataset decides)")
-    if train.max_decays and not train.lr_decay_patience:
-        raise ConfigError("train.max_decays is set but no decay happens; allowed: with "
-                          "train.lr_decay_patience > 0")
-    if model.obs_var and data.likelihood(cfg.dataset) != "gaussian":
-        raise ConfigError(f"model.obs_var={model.obs_var:g} needs a Gaussian likelihood; "
-                          "allowed datasets: linear-gaussian, mnist-grey")
-    if model.posterior_scale != "exp" and (model.latent2_dim or variant.latent(1).param_size
-                                           != 2 * variant.latent(1).dim):
-        raise ConfigError("model.posterior_scale=softplus needs one diagonal Gaussian latent; "
-                          f"allowed for variant {cfg.variant!r}"
-                          f"{' with two stochastic layers' if model.latent2_dim else ''}: exp")
-    _check_posterior_mean(cfg, model, train, variant)
+    checks.run_checks(cfg, model, train, variant, data.likelihood(cfg.dataset))
     from .data.npz import image_shape
 
     shape = data.point_shape(cfg.dataset)
     image = image_shape(shape)
-    if model.decoder == "pixelcnn" and image and model.pixelcnn_kernel > 2 * max(image) - 1:
-        raise ConfigError(f"model.pixelcnn_kernel={model.pixelcnn_kernel} is larger than the "
-                          f"{image[0]}x{image[1]} image can use; allowed: an odd int <= "
-                          f"{2 * max(image) - 1}")
+    checks.image_checks(model, image)
     from .machine.budget import check as check_memory
 
     check_memory(dataclasses.replace(cfg, model=model, train=train), variant,

@@ -98,7 +98,7 @@ def test_every_module_holds_one_idea(name):
 #: above (``bench.cli`` and ``bench.contract`` sit on top of everything).
 LAYERS = (
     ("bench.machine", "bench.seeding", "bench.schema", "bench.results"),
-    ("bench.data", "bench.config", "bench.keys", "bench.identity"),
+    ("bench.data", "bench.config", "bench.checks", "bench.keys", "bench.identity"),
     ("bench.training", "bench.evaluation"),
     ("bench.grid", "bench.throughput"),
     ("bench.report",),

@@ -155,6 +155,31 @@ def test_a_tiny_sequence_run_trains_and_evaluates(tmp_path, variant):
     assert m["nll_is"] < 5 * np.log(9) + 5  # near the uniform model's 5 log 9 after one epoch
 
 
+def test_a_1d_lstm_run_s_exact_likelihood_covers_the_whole_test_split(tmp_path):
+    """The attached record's quadrature: over the whole split in 1-d (400 cells, a decoder pass
+    per point and cell), its IS beside it the run's own nll_is; AIS on a 3-point subset."""
+    import json
+
+    from bench.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from bench.evaluation import quadrature
+    from bench.grid.attached import evaluate_ais
+    from bench.grid.runner import execute, load_run
+
+    cfg = RunConfig(dataset=_token_file(tmp_path), dtype="float64",
+                    model=ModelConfig(decoder="lstm", latent_dim=1, embedding_dim=4,
+                                      lstm_hidden=4),
+                    train=TrainConfig(epochs=1, batch_size=8), eval=EvalConfig(is_samples=4))
+    run = execute(cfg, tmp_path / "runs")
+    _, record = evaluate_ais(run, steps=2, chains=2, points=3)
+    exact = record["exact"]
+    assert exact["points"] == "split" and exact["cells"] == 400 and record["points"] == 3
+    _, model, ds = load_run(run)
+    truth = quadrature.quadrature(model, ds.test.to(torch.float64), cells=400)["log_px"]
+    assert abs(exact["nll_exact"] + truth.mean().item()) < 1e-10
+    m = json.loads((run / "metrics.json").read_text())
+    assert abs(exact["is_gap"] - (m["nll_is"] - exact["nll_exact"])) < 1e-9
+
+
 # ---- the posterior-mean space (He et al. 2019) -----------------------------------------------
 def _linear_gaussian(sigma2=0.5):
     from variants.core import VAE

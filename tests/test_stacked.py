@@ -70,6 +70,15 @@ def test_stacked_runs_are_bit_identical_to_alone(tmp_path, name, decoder):
         assert env["stacked"]["runs"] == [r.name for r in todo]
 
 
+def test_stacked_sgd_runs_are_bit_identical_to_alone(tmp_path):
+    """train.optimizer=sgd (He et al.'s protocol): each run's own SGD, bit for bit as alone."""
+    todo = runs("vae", "mlp", seeds=(0, 1), **{"train.optimizer": "sgd", "train.lr": 0.5,
+                                                 "model.init": "uniform"})
+    alone = [execute(r, tmp_path / "alone") for r in todo]
+    for a, b in zip(alone, execute_stack(todo, tmp_path / "stacked"), strict=True):
+        assert_same(a, b)
+
+
 @pytest.mark.parametrize("saved", [1, 3])
 def test_a_killed_stack_resumes_to_the_same_bits(tmp_path, monkeypatch, saved):
     """Killed once ``saved`` of the 3 runs have written their epoch-1 checkpoint: on resume the

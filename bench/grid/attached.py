@@ -119,11 +119,14 @@ def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, poi
     record["is_minus_ais"], record["is_minus_ais_se"] = mean_se(nll_is.double() - nll_ais)
     record["ess_subset"] = ess.mean().item()
     if model.latent.dim in (1, 2) and isinstance(model.latent, GaussianLatent):
-        # exact log p(x) on the grid: on the whole split where one grid serves every point
-        # (its IS per point is then the run's own nll_is, same seed and blocks), else the subset
-        whole = quadrature.shares_logits(model)
+        # exact log p(x) on the grid: on the whole split where one grid serves every point or
+        # the latent is 1-d (400 decoder passes a point: an LSTM's split of 2,000 in 44 s where
+        # AIS took 380 s for 200 points), its IS per point then the run's own nll_is (same seed
+        # and blocks); else (2-d, a pass per cell and point) on the subset
+        shared = quadrature.shares_logits(model)
+        whole = shared or model.latent.dim == 1
         xq = x_test if whole else x
-        cells = None if whole else quadrature.CELLS_PER_POINT[model.latent.dim]
+        cells = None if shared else quadrature.CELLS_PER_POINT[model.latent.dim]
         quad = quadrature.quadrature(model, xq, cells=cells)
         with torch.no_grad():
             is_q = nll_is_points(model, encode(model, xq), xq, cfg.eval.is_samples, seed)[0] \

@@ -67,10 +67,26 @@ def build_model(cfg: RunConfig, dataset: builtin.Dataset,
                           **({"encoder": "lstm"} if m.encoder == "lstm" else {}))
         if m.init == "glorot":
             glorot_init(model, dataset)
+        elif m.init == "uniform":
+            uniform_init(model)
     model.to(dtype=getattr(torch, cfg.dtype), device=check_device(cfg.device))
     if pretrained_decoder is not None:
         model.decoder.load_pretrained(pretrained_decoder)
     return model, variant
+
+
+def uniform_init(model: VAE) -> None:
+    """He et al. 2019's text and synthetic models (jxhe/vae-lagging-encoder, ``toy.py``,
+    ``text.py`` and the LSTM modules' ``reset_parameters``): every parameter, biases included,
+    U(-0.01, 0.01), then every embedding table U(-0.1, 0.1); drawn in parameter order from the
+    seed's init stream (the caller's generator state)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        for p in model.parameters():
+            p.uniform_(-0.01, 0.01)
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Embedding):
+                layer.weight.uniform_(-0.1, 0.1)
 
 
 def glorot_init(model: VAE, dataset: builtin.Dataset) -> None:

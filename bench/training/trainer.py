@@ -32,13 +32,14 @@ class FitResult:
 
 
 def make_optimizer(params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba 2015) in its fused form: one kernel per parameter instead of a dozen
-    elementwise ops, on every device this torch build has it for (CPU and CUDA since torch 2.4).
-    The same update rule; on the 2-core CI kind its step over the default 2x200 model's 425k
-    parameters took 0.31 ms against 0.97 ms for the default implementation, a seventh of a
-    training step. Falls back to the default implementation where fused is not available."""
+                   eps: float = 1e-8, kind: str = "adam") -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015), fused (one kernel per parameter, CPU and CUDA since torch 2.4;
+    the same rule; on the 2-core CI kind 0.31 ms a step of the default 425k-parameter model
+    against 0.97 ms unfused, a seventh of a training step), else unfused where fused is not
+    available; ``kind="sgd"`` (``train.optimizer``): plain SGD (He et al. 2019's scripts)."""
     params = list(params)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr)
     try:
         return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError):
@@ -67,14 +68,13 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
 class Trainer:
     """What a variant's training procedure may use (``Variant.train_step`` and ``epoch_end``):
     the step counters, the model (``net`` is the one to call: compiled in the fast mode), Adam
-    optimizers by part, fresh minibatches, and the weights the run started from.
-
+    (or SGD) optimizers by part, fresh minibatches, and the weights the run started from.
     ``epoch`` counts from 1, ``epochs`` is the run's number of them (0 outside ``fit``).
 
     Parts: ``model`` (every parameter, the default), ``encoder`` (q(z|x)'s) and ``decoder``
     (p(x|z)'s). Every optimizer step of every part clips the gradient norm of the parameters it
     updates at ``clip`` (``train.clip``; 0: none): one training protocol for every procedure.
-    Adam updates each parameter from its own gradient and moments, so stepping the
+    Adam (and SGD) update each parameter from its own gradient (and moments), so stepping the
     encoder's and the decoder's optimizers together is the same update as the model's one.
     """
 
@@ -98,7 +98,8 @@ class Trainer:
         the run's train config."""
         return cls(model, net, train.lr, streams, train_x, train.batch_size,
                    dynamic_binarization, total,
-                   {"betas": (train.adam_beta1, train.adam_beta2), "eps": train.adam_eps},
+                   {"betas": (train.adam_beta1, train.adam_beta2), "eps": train.adam_eps,
+                    "kind": train.optimizer},
                    train.clip, minibatch_mi)
 
     @classmethod
@@ -239,8 +240,8 @@ def train_step(net, variant, opt, x: torch.Tensor, step: int, total: int, noise,
 def fit(model, variant, train_x: torch.Tensor, train: TrainConfig, streams: Streams, *,
         dynamic_binarization: bool, progress: bool = False, epoch_end=None,
         checkpoints: Checkpoints | None = None, minibatch_mi=None) -> FitResult:
-    """Adam on the variant's loss, as the run's train config (``train``) says: epochs, batch
-    size, learning rate and its schedule, Adam's settings, the clip, the fast mode and the
+    """Adam (or SGD) on the variant's loss, as the run's train config (``train``) says: epochs,
+    batch size, learning rate and its schedule, the optimizer, the clip, the fast mode and the
     convergence protocol. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
