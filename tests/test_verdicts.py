@@ -73,3 +73,17 @@ def test_verdicts_mark_the_known_difference_and_not_the_null():
     assert list(rank["rank [95 %]"]) == ["1–1", "2–2", "3–3"]
     text = "\n".join(verdict_lines(_grid({"vae": 0.0, "better": -1.0}), "vae"))
     assert "not resolvable" in text and "† also after Holm" in text
+
+
+def test_where_every_run_has_the_exact_likelihood_the_verdicts_read_it():
+    """IS says 'better' is 1 nat lower; the exact likelihood (the whole split) says it is the
+    same model with a tighter bound: the verdicts and the ranking follow the exact one."""
+    grid = _grid({"vae": 0.0, "better": -1.0, "floor": 3.0})
+    grid["nll_exact"] = grid["nll_is"] - np.where(grid["label"] == "better", 0.0, 1.0)
+    grid["exact_points"] = np.where(grid["label"] == "floor", None, "split")  # floor: no latent
+    text = "\n".join(verdict_lines(grid, "vae"))
+    assert "NLL (exact)" in text and "the exact likelihood" in text
+    v = verdicts(grid, "vae", "nll_exact").set_index("name")
+    assert not v.loc["better", "holm"] and abs(v.loc["better", "mean"]) < 0.2
+    grid.loc[0, "exact_points"] = "subset"  # one run's exact value on a subset only: IS again
+    assert "NLL (exact)" not in "\n".join(verdict_lines(grid, "vae"))

@@ -198,15 +198,35 @@ def ranking(summary: pd.DataFrame, col: str = "nll_is", draws: int = DRAWS,
     return out.sort_values("rank").reset_index(drop=True)
 
 
+def nll_reading(summary: pd.DataFrame) -> tuple[str, str]:
+    """(column, what it is) of the NLL the verdicts read: the exact likelihood where every
+    finished run has it over the whole test split (quadrature, small latents; a run without a
+    latent has it from its metrics), else IS corrected by each run's IS - AIS gap where every run
+    has that, else IS."""
+    ok = summary[summary["status"] == "ok"]
+    whole = ok["exact_points"].isna() | (ok["exact_points"] == "split") \
+        if "exact_points" in ok else pd.Series(True, index=ok.index)
+    if not ok.empty and "nll_exact" in ok and ok["nll_exact"].notna().all() and whole.all():
+        return "nll_exact", "the exact likelihood, quadrature over the whole test split"
+    if "nll_is_corrected" in summary and summary["nll_is_corrected"].notna().all():
+        return "nll_is_corrected", "IS corrected by each run's IS − AIS gap"
+    return "nll_is", "IS"
+
+
 def verdict_lines(summary: pd.DataFrame, reference: str, where: str = "") -> list[str]:
     """The verdict block of one setting, or nothing where no configuration pairs with
     ``reference``."""
-    v = verdicts(summary, reference)
+    use, label = nll_reading(summary)
+    exact = use == "nll_exact"
+    v = verdicts(summary, reference, "nll_exact" if exact else "nll_is")
     if v.empty:
         return []
+    if exact:  # no estimator between the model and its number: no gap to read
+        v = v.assign(gap=float("nan"), corrected="")
     sd = float(np.nanmedian(v["sd"])) if v["sd"].notna().any() else float("nan")
     n = int(v["n"].median())
-    lines = [f"**How sure** (NLL, paired with `{reference}`{where}; * p < 0.05 by the paired t "
+    lines = [f"**How sure** (NLL{' (exact)' if exact else ''}, paired with `{reference}`{where}; "
+             "* p < 0.05 by the paired t "
              "test, † also after Holm's correction across this setting's configurations; "
              "P(better): the chance a run of the configuration has the lower NLL than a run of "
              "the baseline, rliable's probability of improvement, with its paired bootstrap "
@@ -223,12 +243,9 @@ def verdict_lines(summary: pd.DataFrame, reference: str, where: str = "") -> lis
         lines += [f"Detectable difference: with {n} seeds and the median sd of the paired NLL "
                   f"differences ({sd:.2f} nats), differences below {detectable(sd, n):.2f} nats "
                   "are not resolvable here (paired t test, 5 %, 80 % power).", ""]
-    use = "nll_is_corrected" if ("nll_is_corrected" in summary
-                                  and summary["nll_is_corrected"].notna().all()) else "nll_is"
     rank = ranking(summary, use)
     if not rank.empty:
         rank = rank.assign(mean=rank["mean"].map(lambda m: f"{m:.2f}"))
-        label = "IS corrected by each run's IS − AIS gap" if use != "nll_is" else "IS"
         lines += [f"Ranking by NLL ({label}; 1 = lowest) over the {rank['seeds'].iloc[0]} seeds "
                   "every configuration finished, with each rank's 95 % interval over a "
                   "bootstrap of those seeds:", "", markdown(rank.drop(columns="seeds")), ""]
