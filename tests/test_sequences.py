@@ -275,6 +275,19 @@ variant = "decoder-only"
     assert (tmp_path / "reports" / profile.name / "posterior_mean_space.png").is_file()
 
 
+def test_the_report_says_which_encoders_follow_and_which_lag():
+    import pandas as pd
+
+    from bench.report.posterior_space import reading
+
+    last = {"a0": 0.9, "a1": 0.8, "b0": 0.0, "b1": 0.1, "c0": 0.7, "c1": 0.2}
+    ok = pd.DataFrame({"label": [r[0] for r in last], "run": list(last)})
+    histories = {r: pd.DataFrame({"val_pm_slope": [0.0, v]}) for r, v in last.items()}
+    text = " ".join(reading(ok, histories))
+    assert "every seed: `a`" in text and "lags in every seed: `b`" in text
+    assert "disagree: `c`" in text
+
+
 def test_a_trained_model_whose_encoder_can_be_exact_catches_up(tmp_path):
     # the planted check's other half: a linear Gaussian VAE with a 1-d latent on the
     # linear-gaussian data, whose linear encoder can represent the exact posterior mean, ends

@@ -51,6 +51,24 @@ def lag_table(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def reading(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:
+    """Which configurations' encoders follow the model's posterior at the last epoch (slope ≥
+    CAUGHT_UP in every seed), which lag (below it in every seed), where the seeds disagree."""
+    groups: dict[str, list[str]] = {"follow": [], "lag": [], "split": []}
+    for label in dict.fromkeys(ok["label"]):
+        last = [histories[r]["val_pm_slope"].iloc[-1] for r in ok.loc[ok["label"] == label, "run"]
+                if r in histories]
+        if last:
+            up = [float(v) >= CAUGHT_UP for v in last]
+            groups["follow" if all(up) else "lag" if not any(up) else "split"].append(
+                f"`{config_name(label)}`")
+    say = {"follow": "the encoder follows the model's posterior in every seed",
+           "lag": "it lags in every seed", "split": "the seeds disagree"}
+    parts = [f"{say[k]}: {', '.join(v)}" for k, v in groups.items() if v]
+    return [f"At the last epoch (slope ≥ {CAUGHT_UP} or not): " + "; ".join(parts) + ".", ""] \
+        if parts else []
+
+
 def _points(h: pd.DataFrame, i: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     m = np.array(str(h["val_pm_model"].iloc[i]).split(), float).reshape(-1, dim)
     e = np.array(str(h["val_pm_encoder"].iloc[i]).split(), float).reshape(-1, dim)
@@ -105,7 +123,8 @@ def section(profile, summary: pd.DataFrame, runs: Path, out: Path) -> tuple[list
              "(0: the encoder ignores what the model's posterior says, the lag behind collapse; "
              "1: caught up), and the spread (sd) of E_p[z|x] over the points (near 0: the model "
              "itself ignores z, nothing to lag behind). Mean ± sd over seeds; the last column "
-             "lists each seed's first epoch with slope ≥ 0.5.", "", markdown(table), ""]
+             "lists each seed's first epoch with slope ≥ 0.5.", "", markdown(table), "",
+             *reading(ok, histories)]
     if fig:
         lines += [f"![posterior_mean_space]({profile.name}/{fig.name})", ""]
     return lines, [fig] if fig else []

@@ -21,7 +21,7 @@ TITLES = {"neg_elbo": "-ELBO", "nll_is": "NLL (IS)", "kl": "KL", "mutual_info": 
           "ess": "IS ESS / K"}
 #: the main table's columns from attached evaluations (bench.grid.attached), shown where measured
 ATTACHED_COLUMNS = {"nll_ais": "NLL (AIS)", "is_minus_ais": "IS − AIS",
-                    "nll_exact": "NLL (exact)"}
+                    "nll_exact": "NLL (exact)", "inference_gap": "inference gap (exact)"}
 #: decimals of a profile's own main-table column where 2 would hide it (default 2)
 DIGITS = {"ess": 4}
 
