@@ -272,6 +272,8 @@ variant = "decoder-only"
     paths = write_report(profile, tmp_path / "results", tmp_path / "reports")
     text = next(p for p in paths if p.suffix == ".md").read_text()
     assert "## Posterior-mean space" in text and "| vae | 1 |" in text
+    assert "encoder `lstm` (4 units)" in text and "token ids" in text  # the header's model/data
+    assert "binarized" not in text.split("## Main table")[0]
     assert (tmp_path / "reports" / profile.name / "posterior_mean_space.png").is_file()
 
 

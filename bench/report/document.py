@@ -60,7 +60,39 @@ def _dirty(info: dict) -> str:
 def _decoder_text(profile: Profile, model: dict) -> str:
     if any(k.startswith("model.") for g in profile.groups for k in g):
         return "decoder per setting (below)"
+    if model.get("decoder") == "lstm":
+        return (f"decoder `lstm` ({model.get('lstm_layers', 1)} layer(s), embeddings "
+                f"{model.get('embedding_dim')}, {model.get('lstm_hidden')} units, dropout "
+                f"{model.get('dropout', 0.0):g}, word dropout {model.get('word_dropout', 0.0):g})")
     return f"decoder `{model.get('decoder', 'mlp')}` {model.get('decoder_hidden')}"
+
+
+def _encoder_text(model: dict) -> str:
+    if model.get("encoder") == "lstm":
+        return f"encoder `lstm` ({model.get('lstm_hidden')} units)"
+    return f"encoder {model.get('hidden')} {model.get('activation')}"
+
+
+def _optimizer(train: dict, model: dict) -> str:
+    name = "SGD" if train.get("optimizer") == "sgd" else "Adam"
+    init = model.get("init", "default")
+    return f"{name} lr {train.get('lr')}" + (f", init {init}" if init != "default" else "")
+
+
+def _data_line(dataset: str, digests: dict) -> str:
+    from ..data import likelihood
+
+    try:
+        kind = likelihood(dataset)
+    except Exception:  # a dataset file no longer there: say what the records say
+        kind = "bernoulli"
+    if kind == "categorical":
+        return "- data: token ids, used as they are (no binarization)"
+    if kind == "gaussian":
+        return "- data: continuous, used as they are (no binarization)"
+    return ("- binarization: training images dynamically binarized each epoch from the run's "
+            f"seeded stream; test images binarized once (seed {TEST_BINARIZATION_SEED}), sha256 "
+            f"`{digests.get('test_binarized', 'n/a')}`")
 
 
 def _clip(train: dict) -> str:
@@ -194,19 +226,17 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "",
         f"- suite version: {SUITE_VERSION}; runs: {len(summary)} "
         f"({(summary['status'] == 'ok').sum()} ok); seeds: {list(profile.seeds)}",
-        f"- dataset: `{cfg.get('dataset')}`; model: encoder {model.get('hidden')} "
-        f"{model.get('activation')}, z = {model.get('latent_dim')} (categorical variants: their "
+        f"- dataset: `{cfg.get('dataset')}`; model: {_encoder_text(model)}, "
+        f"z = {model.get('latent_dim')} (categorical variants: their "
         f"own latent), {_decoder_text(profile, model)}; batch "
-        f"{train.get('batch_size')}, Adam lr {train.get('lr')}, "
+        f"{train.get('batch_size')}, {_optimizer(train, model)}, "
         f"{_clip(train)}, {train.get('epochs')} epochs"
         f"{_train_points(train)}, "
         f"dtype {cfg.get('dtype')}",
         f"- evaluation: {_test_split(ev)}; NLL by importance sampling with K = {ev.get('is_samples')} "
         f"samples from q (eval seed {ev.get('seed')}); -ELBO with the analytic KL, "
         f"{ev.get('elbo_samples')} sample(s)",
-        "- binarization: training images dynamically binarized each epoch from the run's seeded "
-        f"stream; test images binarized once (seed {TEST_BINARIZATION_SEED}), sha256 "
-        f"`{digests.get('test_binarized', 'n/a')}`",
+        _data_line(cfg.get("dataset", ""), digests),
         f"- validation: {train.get('validation_size')} points held out of the training split "
         f"(sha256 `{digests.get('validation', 'n/a')}`), diagnosed at every epoch end",
         f"- budget: {profile.budget}; measured compute (train + eval, summed over runs): "
