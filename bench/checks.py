@@ -50,6 +50,9 @@ def run_checks(cfg, model, train, variant, likelihood: str) -> None:
 
 
 def posterior_mean(cfg, model, train, variant) -> None:
+    if cfg.eval.posterior_mean_every and not cfg.eval.posterior_mean_points:
+        raise ConfigError("eval.posterior_mean_every is set but no points are diagnosed; allowed: "
+                          "with eval.posterior_mean_points > 0")
     if not cfg.eval.posterior_mean_points:
         return
     latent = variant.latent(model.latent_dim)

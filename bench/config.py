@@ -163,6 +163,10 @@ class EvalConfig:
         "points, for a latent of 1 or 2 dimensions: the exact posterior mean (quadrature) "
         "against the encoder's (history: val_pm_slope, val_pm_corr, val_pm_spread and the "
         "points); 0: off", low=0)
+    posterior_mean_every: int = fld(
+        0, "with eval.posterior_mean_points: also every N training steps of the first epoch "
+        "(He et al. 2019: 200), epoch 1's history column val_pm_steps (step:slope:corr:spread "
+        "per snapshot, ';'-separated); 0: off", low=0)
 
 
 @dataclass(frozen=True)

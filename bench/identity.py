@@ -105,7 +105,7 @@ HASHED_ONLY_WHEN_SET = (
     *(("train", k) for k in ("compile", "train_points", "lr_schedule", "adam_beta1", "adam_beta2",
                              "adam_eps", "stop_patience", "lr_decay_patience", "lr_decay",
                              "max_decays", "monitor", "protocol_from", "optimizer")),
-    ("eval", "posterior_mean_points"),
+    ("eval", "posterior_mean_points"), ("eval", "posterior_mean_every"),
     *(("model", k) for k in ("init", "latent2_dim", "latent2_hidden", "posterior_scale",
                              "obs_var", "encoder", "embedding_dim", "lstm_hidden", "lstm_layers",
                              "dropout", "word_dropout")))

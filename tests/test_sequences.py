@@ -240,6 +240,43 @@ def test_posterior_mean_columns_go_into_the_history(tmp_path):
                           eval=EvalConfig(posterior_mean_points=3)))
 
 
+def test_snapshots_inside_the_first_epoch_leave_training_untouched(tmp_path):
+    """eval.posterior_mean_every: epoch 1's row carries a snapshot every N steps, and the run's
+    weights, metrics and every other history column are those of the run without them."""
+    import csv
+    import json
+
+    from bench.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, resolve
+    from bench.grid.runner import TIMINGS, execute
+    from variants.errors import ConfigError
+
+    def run(every: int, where: str):
+        cfg = RunConfig(dataset=_token_file(tmp_path),
+                        model=ModelConfig(decoder="lstm", latent_dim=1, embedding_dim=4,
+                                          lstm_hidden=4, dropout=0.5),
+                        train=TrainConfig(epochs=2, batch_size=8),
+                        eval=EvalConfig(is_samples=4, posterior_mean_points=3,
+                                        posterior_mean_every=every))
+        path = execute(cfg, tmp_path / where)
+        rows = list(csv.DictReader(open(path / "history.csv")))
+        metrics = {k: v for k, v in json.loads((path / "metrics.json").read_text()).items()
+                   if k not in TIMINGS and k != "run_id"}
+        return rows, metrics, torch.load(path / "model.pt", weights_only=True)
+
+    rows, metrics, weights = run(2, "a")
+    rows0, metrics0, weights0 = run(0, "b")
+    snaps = rows[0]["val_pm_steps"].split(";")
+    steps = int(rows[0]["step"])
+    assert [int(s.split(":")[0]) for s in snaps] == list(range(2, steps + 1, 2))
+    assert all(len(s.split(":")) == 4 for s in snaps) and not rows[1]["val_pm_steps"]
+    assert metrics == metrics0 and all(torch.equal(weights[k], weights0[k]) for k in weights)
+    for r, r0 in zip(rows, rows0, strict=True):
+        assert {k: v for k, v in r.items() if "seconds" not in k and k != "val_pm_steps"} == \
+            {k: v for k, v in r0.items() if "seconds" not in k}
+    with pytest.raises(ConfigError, match="posterior_mean_points > 0"):
+        resolve(RunConfig(eval=EvalConfig(posterior_mean_every=5)))
+
+
 def test_the_report_draws_the_posterior_mean_space(tmp_path):
     from bench.grid.suite import load_profile, run_suite
     from bench.report import write_report
@@ -260,6 +297,7 @@ dataset = "{data}"
 "train.batch_size" = 8
 "eval.is_samples" = 4
 "eval.posterior_mean_points" = 3
+"eval.posterior_mean_every" = 2
 [[config]]
 label = "vae"
 variant = "vae"
@@ -274,6 +312,7 @@ variant = "decoder-only"
     assert "## Posterior-mean space" in text and "| vae | 1 |" in text
     assert "encoder `lstm` (4 units)" in text and "token ids" in text  # the header's model/data
     assert "binarized" not in text.split("## Main table")[0]
+    assert "slope inside epoch 1" in text and "| vae | 1 | 2: " in text  # the snapshots
     assert (tmp_path / "reports" / profile.name / "posterior_mean_space.png").is_file()
 
 

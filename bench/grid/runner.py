@@ -228,6 +228,21 @@ def _validation_hooks(cfg: RunConfig, p: Prepared):
     def minibatch_mi(batch: int) -> float:
         return validation_minibatch_mi(model, valid, batch, cfg.eval.seed, state["epoch"])
 
+    every = cfg.eval.posterior_mean_every if model.latent.dim else 0
+    if every and cfg.eval.posterior_mean_points:  # He et al.'s snapshots inside the first epoch
+        def step_end(epoch: int, step: int) -> None:
+            if epoch == 1 and step % every == 0:
+                r = posterior_mean_row(model, valid[:cfg.eval.posterior_mean_points])
+                snaps.append(f"{step}:{r['val_pm_slope']:.4g}:{r['val_pm_corr']:.4g}:"
+                             f"{r['val_pm_spread']:.4g}")
+
+        def with_steps(epoch: int) -> dict:
+            row = epoch_end(epoch)
+            return {**row, "val_pm_steps": ";".join(snaps)} if epoch == 1 else row
+
+        snaps: list[str] = []
+        with_steps.step_end = step_end
+        return with_steps, minibatch_mi
     return epoch_end, minibatch_mi
 
 

@@ -40,7 +40,10 @@ def lag_table(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFr
         reached = [int(np.argmax(h["val_pm_slope"].to_numpy(float) >= CAUGHT_UP)) + 1
                    if (h["val_pm_slope"].to_numpy(float) >= CAUGHT_UP).any() else None for h in hs]
         sd = lambda a: a.std(ddof=1) if len(a) > 1 else float("nan")  # noqa: E731
+        inside = _inside_first_epoch(hs)
         rows.append({"configuration": config_name(label), "seeds": len(hs),
+                     **({"slope inside epoch 1 (step: mean over seeds)": inside} if inside
+                        else {}),
                      "slope, epoch 1": _fmt(first.mean(), sd(first), 2),
                      "slope, last": _fmt(last.mean(), sd(last), 2),
                      "corr, last": _fmt(np.nanmean(corr), sd(corr), 2) if np.isfinite(corr).any()
@@ -49,6 +52,18 @@ def lag_table(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFr
                      f"first epoch slope ≥ {CAUGHT_UP}": ", ".join(
                          "never" if r is None else str(r) for r in reached)})
     return pd.DataFrame(rows)
+
+
+def _inside_first_epoch(hs: list[pd.DataFrame]) -> str:
+    """The slope at each snapshot inside epoch 1 (``eval.posterior_mean_every``; history column
+    ``val_pm_steps``), mean over the seeds that have it, as "step: slope" pairs; "" if none."""
+    snaps: dict[int, list[float]] = {}
+    for h in hs:
+        text = str(h["val_pm_steps"].iloc[0]) if "val_pm_steps" in h else ""
+        for snap in filter(None, text.split(";") if text != "nan" else []):
+            step, slope = snap.split(":")[:2]
+            snaps.setdefault(int(step), []).append(float(slope))
+    return ", ".join(f"{k}: {np.mean(v):.2f}" for k, v in sorted(snaps.items()))
 
 
 def reading(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:

@@ -59,8 +59,7 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     depend on the step (annealing weights, temperatures), run eagerly and pass their values in,
     as arguments; a float option (the Gumbel-Softmax temperature) or a batch size that changes
     compiles once more and is then symbolic. Evaluation never uses it (it needs no gradients and
-    has its own fast path, ``VAE.inference_decoder``).
-    """
+    has its own fast path, ``VAE.inference_decoder``)."""
     cuda = next(model.parameters()).is_cuda
     return torch.compile(model, mode="reduce-overhead" if cuda else None)
 
@@ -75,8 +74,7 @@ class Trainer:
     (p(x|z)'s). Every optimizer step of every part clips the gradient norm of the parameters it
     updates at ``clip`` (``train.clip``; 0: none): one training protocol for every procedure.
     Adam (and SGD) update each parameter from its own gradient (and moments), so stepping the
-    encoder's and the decoder's optimizers together is the same update as the model's one.
-    """
+    encoder's and the decoder's optimizers together is the same update as the model's one."""
 
     def __init__(self, model, net, lr: float, streams, train_x: torch.Tensor, batch_size: int,
                  dynamic_binarization: bool, total: int, adam: dict | None = None,
@@ -245,19 +243,17 @@ def fit(model, variant, train_x: torch.Tensor, train: TrainConfig, streams: Stre
     convergence protocol. Data order and binarization come from their own streams.
 
     Each epoch: one permutation from ``streams.data``; for binary data a fresh Bernoulli draw of
-    the whole training split from ``streams.binarize`` (dynamic binarization). ``epoch_end(epoch)``
-    (the validation diagnostics) returns columns for the epoch's history row; its time is kept
-    apart from the training time. The learning rate of each epoch follows
-    ``train.lr_schedule`` (``epoch_lr``) and is recorded in the row. With ``checkpoints``,
+    the whole training split from ``streams.binarize``. ``epoch_end(epoch)`` (the validation
+    diagnostics; its ``step_end(epoch, step)``, if any, after every step) returns columns for
+    the epoch's history row, their time kept apart from training's. Each epoch's learning rate
+    follows ``train.lr_schedule`` (``epoch_lr``), recorded in the row. With ``checkpoints``,
     training resumes from the latest readable checkpoint and writes one every
-    ``checkpoints.every`` epochs. Every optimizer step clips the gradient norm at
-    ``train.clip``; ``minibatch_mi(batch)`` is the validation MI a procedure may read
-    (``Trainer.minibatch_mi``). With an active convergence protocol (``train.stop_patience`` or
-    ``train.lr_decay_patience``; ``bench.training.convergence``), each epoch's row decides whether to go
+    ``checkpoints.every`` epochs. Every optimizer step clips the gradient norm at ``train.clip``;
+    ``minibatch_mi(batch)`` is the validation MI a procedure may read. With an active
+    convergence protocol (``bench.training.convergence``) each epoch's row decides whether to go
     on, decay the learning rate or stop, and the model ends with the best-on-validation weights.
-    ``FitLoop`` holds the loop's state; ``bench.training.stacked.fit_stacked`` runs several
-    such loops in step, one batched forward pass for all.
-    """
+    ``FitLoop`` holds the loop's state; ``bench.training.stacked.fit_stacked`` runs several such
+    loops in step, one batched forward pass for all."""
     loop = FitLoop(model, variant, train_x, train, streams,
                    dynamic_binarization=dynamic_binarization, progress=progress,
                    epoch_end=epoch_end, checkpoints=checkpoints, minibatch_mi=minibatch_mi)
@@ -347,6 +343,10 @@ class FitLoop:
         self.last_n = len(x)
         self.step += 1
         self.bar.update()
+        if (hook := getattr(self.epoch_end_hook, "step_end", None)) is not None:
+            tic = time.perf_counter()  # a diagnostic inside the epoch: not training time
+            hook(self.epoch, self.step)
+            self.result.diagnostics_seconds += time.perf_counter() - tic
         return True
 
     def end_epoch(self) -> bool:
