@@ -84,10 +84,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from .grid.attached import attach_all, pending_records
+    from .grid.profile import only
     from .grid.suite import dry_run, grid, load_profile, run_suite, with_variants
 
     profile = with_variants(load_profile(args.profile), args.add_variant or [])
-    runs = grid(profile)  # every run resolved once, for the grid and its AIS records
+    runs = only(grid(profile), args.only or [], profile.name)  # resolved once, for all below
     if args.dry_run:
         rows, line = dry_run(profile, Path(args.results), runs, args.stack)
         width = max(len(r["label"]) for r in rows)
@@ -303,6 +304,8 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: the seeds of a configuration train together as one stacked "
                    "model, bit for bit as alone, where they can; off: every run alone (default: "
                    "the profile's stack key, auto)")
+    s.add_argument("--only", action="append", metavar="LABEL", help="repeatable: only this "
+                   "configuration's runs (and their AIS records); the rest stay pending")
     s.add_argument("--ais-only", action="store_true",
                    help="train nothing: only the AIS records (eval.ais_points) that finished "
                         "runs lack (the suite computes them after its grid anyway)")

@@ -164,6 +164,21 @@ def test_suite_dry_run_lists_the_grid_and_estimates_from_finished_runs(capsys, t
     assert sorted(p.name for p in runs_dir(tmp_path, profile).iterdir()) == [done.name]
 
 
+def test_suite_only_keeps_the_named_configurations_and_refuses_unknown_ones(capsys, tmp_path):
+    from bench.grid.suite import grid, load_profile
+
+    points = grid(load_profile("smoke"))
+    label = points[-1][0]
+    args = ["suite", "--profile", "smoke", "--results", str(tmp_path), "--dry-run"]
+    assert main([*args, "--only", label]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[:-1]
+    assert len(rows) == sum(lab == label for lab, _ in points) >= 1
+    assert all(r.split()[0] == label.split()[0] for r in rows)
+    proc = vae_bench(*args, "--only", "no-such-config", check=False)
+    assert proc.returncode == 2 and "--only 'no-such-config'" in proc.stderr
+    assert f"allowed: {points[0][0]}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_environment_names_the_cpu_and_the_math_libraries(digits_run):
     env = json.loads((digits_run / "env.json").read_text())
     assert env["cpu_model"] and env["torch_blas"] and env["numpy_blas"]

@@ -227,6 +227,21 @@ def grid(profile: Profile) -> list[tuple[str, ResolvedRun]]:
     return out
 
 
+def only(runs: list[tuple[str, ResolvedRun]], labels: list[str], profile: str
+         ) -> list[tuple[str, ResolvedRun]]:
+    """The grid's runs of the configurations named in ``labels`` (a grid label, or a
+    configuration's label in every group), all runs where ``labels`` is empty; an unknown name
+    ends with a one-line error listing the profile's."""
+    known = list(dict.fromkeys(label for label, _ in runs))
+    hit = {x: [lab for lab in known if lab == x or lab.endswith(f" / {x}")] for x in labels}
+    for x, found in hit.items():
+        if not found:
+            raise ConfigError(f"--only {x!r}: profile {profile!r} has no such configuration; "
+                              f"allowed: {', '.join(known)}")
+    keep = {lab for found in hit.values() for lab in found}
+    return [(lab, run) for lab, run in runs if not labels or lab in keep]
+
+
 def group_of(label: str) -> str:
     """The group part of a grid label ("" for a profile without groups)."""
     return label.split(" / ")[0] if " / " in label else ""
