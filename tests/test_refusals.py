@@ -24,6 +24,10 @@ def one_line(argv, capsys, code=2) -> str:
     ('[profile]\nseeds = [0, 0]\n[[config]]\nlabel = "a"\nvariant = "vae"\n',
      "repeats a seed"),
     ('[[config]]\nlabel = "a"\nvariant = "vae"\nseed = 5\n', "sets seed; allowed: seeds only"),
+    ('[profile]\nseed = [0]\n[[config]]\nlabel = "a"\nvariant = "vae"\n',
+     "unknown [profile] key 'seed'; allowed: baseline, budget, collapse_kl"),
+    ('[profile]\ncollapse_kl = 0\n[[config]]\nlabel = "a"\nvariant = "vae"\n',
+     "collapse_kl=0 is invalid; allowed: a number of nats > 0"),
 ])
 def test_profile_mistakes_end_in_one_line(tmp_path, capsys, text, message):
     path = tmp_path / "p.toml"

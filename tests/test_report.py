@@ -72,6 +72,10 @@ def test_reading_names_collapse_kl_above_one_nat_and_what_beats_the_floor():
     cheap = reading(DATA[DATA["variant"].isin(["vae", "floor"])], "vae", "floor")
     assert "None trained slower than `vae` (at most floor, 0.8x)." in cheap
     assert "Most expensive" not in cheap
+    # a profile's collapse_kl moves the line: at 0.35 nats vae's 0.40 no longer reads collapsed
+    lower = reading(DATA, "vae", "floor", collapse_kl=0.35)
+    assert "The plain `vae` did not collapse: KL 0.40" in lower
+    assert "KL above 0.35 nats: vae, fix, noisy; below: none." in lower
 
 
 def test_default_profile_sets_the_reference_table_beside_ours():

@@ -10,7 +10,8 @@ merges the parent's ``[profile]`` and ``[defaults]`` and keeps its configuration
 published numbers) unless the child lists its own. ``[profile]`` may also name ``reuse``
 (profiles whose finished runs are copied in), ``columns`` (more metrics in the main table),
 ``screening`` (a quicker profile of the same configurations that the report reads beside it),
-and ``stack`` / ``stack_size`` (seeds trained together: ``bench.grid.stack``).
+``stack`` / ``stack_size`` (seeds trained together: ``bench.grid.stack``) and ``collapse_kl``
+(the KL in nats below which the report reads a configuration as collapsed; 1).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 
 
 RESERVED = {"label", "variant"}
+#: the keys of a profile's [profile] table
+PROFILE_KEYS = {"description", "seeds", "budget", "baseline", "floor", "columns", "reuse",
+                "screening", "stack", "stack_size", "collapse_kl"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Profile:
     #: default) or each alone (``off``), and the most runs in one stack (``bench.grid.stack``)
     stack: str = "auto"
     stack_size: int = 5
+    #: the report's collapse line: a mean KL below this many nats reads as collapsed (1 nat for
+    #: the image grids; a 1-d latent's whole use of z can be less)
+    collapse_kl: float = 1.0
 
 
 def profile_names() -> list[str]:
@@ -118,7 +125,8 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
         meta = {"description": parent.description, "seeds": list(parent.seeds),
                 "budget": parent.budget, "baseline": parent.baseline, "floor": parent.floor,
                 "columns": list(parent.columns), "stack": parent.stack,
-                "stack_size": parent.stack_size, **raw.get("profile", {})}
+                "stack_size": parent.stack_size, "collapse_kl": parent.collapse_kl,
+                **raw.get("profile", {})}
         defaults = {**parent.defaults, **raw.get("defaults", {})}
         configs = raw.get("config", list(parent.configs))
         published = raw.get("published", list(parent.published))
@@ -131,6 +139,10 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     if not configs:
         raise ConfigError(f"profile {name!r} has no [[config]] entries; expected at least one "
                           "with a label and a variant")
+    unknown = sorted(set(meta) - PROFILE_KEYS)
+    if unknown:  # a misspelt key would be ignored: its setting silently not applied
+        raise ConfigError(f"profile {name!r}: unknown [profile] key {unknown[0]!r}; allowed: "
+                          + ", ".join(sorted(PROFILE_KEYS)))
     seeds = meta.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
@@ -169,6 +181,11 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     if not isinstance(stack_size, int) or isinstance(stack_size, bool) or stack_size < 1:
         raise ConfigError(f"profile {name!r}: stack_size={stack_size!r} is invalid; allowed: an "
                           "integer >= 1 (1: every run alone)")
+    collapse_kl = meta.get("collapse_kl", 1.0)
+    if not isinstance(collapse_kl, (int, float)) or isinstance(collapse_kl, bool) or not (
+            collapse_kl > 0):
+        raise ConfigError(f"profile {name!r}: collapse_kl={collapse_kl!r} is invalid; allowed: a "
+                          "number of nats > 0")
     labels = [c["label"] for c in configs]
     for key in ("baseline", "floor"):
         if meta.get(key) and meta[key] not in labels:
@@ -177,7 +194,7 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
                    meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse),
-                   tuple(columns), screening, stack, stack_size)
+                   tuple(columns), screening, stack, stack_size, float(collapse_kl))
 
 
 def with_variants(profile: Profile, specs: list[str]) -> Profile:

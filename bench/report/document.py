@@ -158,7 +158,7 @@ def _main_tables(summary: pd.DataFrame, profile: Profile) -> list[str]:
                         "interval]; * where it excludes 0 (NLL: negative is better; KL, MI: "
                         "positive is more use of the latent).", "", markdown(paired), ""]
                 out += verdict_lines(sub, profile.baseline, f" in {g}" if g else "")
-            text = reading(sub, profile.baseline, profile.floor)
+            text = reading(sub, profile.baseline, profile.floor, profile.collapse_kl)
             if text:
                 out += [f"**Reading{' ' + g if g else ''}** (generated from the numbers): {text}", ""]
     return out

@@ -59,14 +59,19 @@ def paired_table(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _nats(x: float) -> str:
+    return "1 nat" if x == 1 else f"{x:g} nats"
+
+
 def _names(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def reading(summary: pd.DataFrame, baseline: str, floor: str) -> str:
+def reading(summary: pd.DataFrame, baseline: str, floor: str, collapse_kl: float = 1.0) -> str:
     """A short reading of one group's numbers, generated from them: whether the baseline
-    collapsed, which configurations kept KL above 1 nat, which beat the decoder alone on NLL
-    (paired 95 % interval below 0), the best NLL and the most expensive method."""
+    collapsed, which configurations kept KL above ``collapse_kl`` nats (the profile's key),
+    which beat the decoder alone on NLL (paired 95 % interval below 0), the best NLL and the most
+    expensive method."""
     ok = summary[summary["status"] == "ok"]
     if ok.empty:
         return ""
@@ -76,12 +81,13 @@ def reading(summary: pd.DataFrame, baseline: str, floor: str) -> str:
     parts = []
     if baseline in mean.index:
         b = mean.loc[baseline]
-        state = "collapsed (KL below 1 nat)" if b["kl"] < 1 else "did not collapse"
+        state = (f"collapsed (KL below {_nats(collapse_kl)})" if b["kl"] < collapse_kl
+                 else "did not collapse")
         parts.append(f"The plain `{baseline}` {state}: KL {b['kl']:.2f}, MI {b['mutual_info']:.2f} "
                      "nats.")
-    kept = [n for n in latent if mean.loc[n, "kl"] >= 1]
-    lost = [n for n in latent if mean.loc[n, "kl"] < 1]
-    parts.append(f"KL above 1 nat: {_names(kept)}; below: {_names(lost)}.")
+    kept = [n for n in latent if mean.loc[n, "kl"] >= collapse_kl]
+    lost = [n for n in latent if mean.loc[n, "kl"] < collapse_kl]
+    parts.append(f"KL above {_nats(collapse_kl)}: {_names(kept)}; below: {_names(lost)}.")
     if floor in mean.index:
         diffs = paired_differences(ok, floor)
         better = [f"{n} ({d['nll_is'][0]:+.2f})" for n, d in diffs.items()
