@@ -92,6 +92,7 @@ def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, poi
     from ..evaluation import quadrature
     from ..results import environment
 
+    model.eval()  # every number of the record is the eval-mode model's (dropout off), as a run's
     seed = cfg.eval.seed
     idx = subset(len(x_test), points, seed)
     x = x_test[idx.to(x_test.device)]
