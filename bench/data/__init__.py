@@ -10,6 +10,9 @@ from variants.errors import ConfigError
 from . import builtin, npz, tokens
 
 builtin.LOADERS["synthetic-lstm"] = lambda root: tokens.load_synthetic_lstm()
+#: datasets drawn from a known model with a 2-d latent: name -> f(dataset) giving (log p(x, z),
+#: log p(z), the test split's generating z), for the data's own likelihood (bench.evaluation.oracle)
+GENERATING_MODELS = {"synthetic-lstm": tokens.generating_model}
 
 
 def allowed() -> str:

@@ -16,12 +16,16 @@ here the draw is NumPy's (PCG64, float64 throughout, same seed), 24,000 sequence
 the last 2,000 the test split. A sequence drawn twice is kept once (4 repeats inside the
 training draws, 1 test sequence that the training split holds), so no sequence is in two
 splits: 21,996 training and 1,999 test sequences. The generating z of every sequence is kept as the
-dataset's oracle (``oracle["z_train"]``, ``oracle["z_test"]``). The arrays are verified against
+dataset's oracle (``oracle["z_train"]``, ``oracle["z_test"]``), with the generator's parameters
+(``oracle["generator"]``; ``log_joint`` gives its log p(x, z), ``bench.evaluation.oracle`` its
+log p(x)). The arrays are verified against
 the digest below: a platform whose float64 softmax rounds differently enough to move a single
 draw is refused, naming both digests, rather than training on other data.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -43,34 +47,82 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * a))
 
 
+def parameters(rng: np.random.Generator, vocab: int = VOCAB, embed: int = EMBED,
+               hidden: int = HIDDEN) -> dict[str, np.ndarray]:
+    """The generating LSTM's parameters, the first draws of ``rng`` (float64)."""
+    u = lambda bound, *shape: rng.uniform(-bound, bound, size=shape)  # noqa: E731
+    par = {"emb": u(1.0, vocab, embed), "w_ih": u(1.0, 4 * hidden, embed + LATENT),
+           "w_hh": u(1.0, 4 * hidden, hidden)}
+    par["b"] = u(1.0, 4 * hidden) + u(1.0, 4 * hidden)  # the LSTM's two biases, as torch keeps them
+    par["w_c"] = u(1.0, hidden, LATENT)
+    par["w_1"], par["w_2"] = u(1.0, vocab, hidden), u(5.0, vocab, LATENT)
+    return par
+
+
 def generate(n: int, seed: int = SEED, vocab: int = VOCAB, length: int = LENGTH,
              embed: int = EMBED, hidden: int = HIDDEN) -> tuple[np.ndarray, np.ndarray]:
     """(tokens (n, length) int64, z (n, 2) float64) from He et al.'s generating model, its
     parameters and every draw from one NumPy generator seeded with ``seed``."""
     rng = np.random.default_rng(seed)
-    u = lambda bound, *shape: rng.uniform(-bound, bound, size=shape)  # noqa: E731
-    emb = u(1.0, vocab, embed)
-    w_ih, w_hh = u(1.0, 4 * hidden, embed + LATENT), u(1.0, 4 * hidden, hidden)
-    b = u(1.0, 4 * hidden) + u(1.0, 4 * hidden)  # the LSTM's two biases, as torch keeps them
-    w_c = u(1.0, hidden, LATENT)
-    w_1, w_2 = u(1.0, vocab, hidden), u(5.0, vocab, LATENT)
+    par = parameters(rng, vocab, embed, hidden)
     z = CENTRES[rng.integers(0, 4, size=n)] + rng.standard_normal((n, LATENT))
     tokens = np.empty((n, length), np.int64)
     tokens[:, 0] = rng.integers(0, vocab, size=n)
-    c = z @ w_c.T
+    c = z @ par["w_c"].T
     h = np.tanh(c)
-    z_logits = z @ w_2.T
+    z_logits = z @ par["w_2"].T
     for t in range(1, length):
-        gates = np.concatenate([emb[tokens[:, t - 1]], z], 1) @ w_ih.T + h @ w_hh.T + b
+        gates = np.concatenate([par["emb"][tokens[:, t - 1]], z], 1) @ par["w_ih"].T \
+            + h @ par["w_hh"].T + par["b"]
         i, f, g, o = np.split(gates, 4, axis=1)  # torch's gate order
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
         h = _sigmoid(o) * np.tanh(c)
-        logits = h @ w_1.T + z_logits
+        logits = h @ par["w_1"].T + z_logits
         p = np.exp(logits - logits.max(1, keepdims=True))
         cdf = np.cumsum(p, 1)
         draw = rng.random(n)[:, None] * cdf[:, -1:]
         tokens[:, t] = np.minimum((cdf < draw).sum(1), vocab - 1)
     return tokens, z
+
+
+def log_prior(z: torch.Tensor) -> torch.Tensor:
+    """log p(z) of the generator's prior, the uniform mixture of N(centre, I) (..., 2) -> (...)."""
+    centres = torch.as_tensor(CENTRES, dtype=z.dtype, device=z.device)
+    sq = ((z[..., None, :] - centres) ** 2).sum(-1)
+    return torch.logsumexp(-0.5 * sq, -1) - math.log(4 * 2 * math.pi)
+
+
+def log_likelihood(par: dict[str, torch.Tensor], tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) of the generating model for rows of tokens (n, length) and latents (n, 2),
+    in the parameters' dtype: log(1/vocab) for the uniform first token, then the softmax
+    of each next token's logits, as ``generate`` draws them (the embeddings' share of the
+    gates taken from one table per vocabulary entry)."""
+    z = z.to(par["w_c"].dtype)
+    vocab, embed = par["emb"].shape
+    table = par["emb"] @ par["w_ih"][:, :embed].T + par["b"]
+    z_gates = z @ par["w_ih"][:, embed:].T
+    c = z @ par["w_c"].T
+    h = torch.tanh(c)
+    z_logits = z @ par["w_2"].T
+    out = torch.full((len(z),), -math.log(vocab), dtype=z.dtype, device=z.device)
+    for t in range(1, tokens.shape[1]):
+        i, f, g, o = (table[tokens[:, t - 1]] + z_gates + h @ par["w_hh"].T).chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        h = o.sigmoid() * c.tanh()
+        logits = h @ par["w_1"].T + z_logits
+        out += logits.gather(1, tokens[:, t:t + 1])[:, 0] - torch.logsumexp(logits, 1)
+    return out
+
+
+def log_joint(par: dict[str, torch.Tensor]):
+    """(tokens (n, length), z (n, 2)) -> log p(x, z) of the generating model, (n,)."""
+    return lambda tokens, z: log_likelihood(par, tokens, z) + log_prior(z.to(par["w_c"].dtype))
+
+
+def generating_model(ds) -> tuple:
+    """(log p(x, z), log p(z), the test split's generating z) of ``synthetic-lstm``'s generator."""
+    par = ds.oracle["generator"]
+    return log_joint(par), log_prior, ds.oracle["z_test"]
 
 
 def _first_unique(a: np.ndarray, seen: set | None = None) -> np.ndarray:
@@ -100,7 +152,9 @@ def load_synthetic_lstm() -> Dataset:
                    "categorical", f"generated (He et al. 2019's protocol, seed {SEED})", None,
                    digests, dynamic_binarization=False, vocab_size=VOCAB,
                    oracle={"z_train": torch.from_numpy(z_train),
-                           "z_test": torch.from_numpy(z_test)})
+                           "z_test": torch.from_numpy(z_test),
+                           "generator": {k: torch.from_numpy(v) for k, v in
+                                         parameters(np.random.default_rng(SEED)).items()}})
 
 
 def check_tokens(name: str, split: str, a: np.ndarray, vocab_size: int) -> None:

@@ -263,7 +263,9 @@ def attach_all(profile, results: Path, data_dir: str | None = None,
     for, one run at a time (each written when done, so an interrupted pass resumes). A run
     without weights (a committed record) is trained again first (``runner.rebuild_weights``: its
     weights are kept only if its metrics equal the record's). A run whose latent AIS cannot
-    anneal (categorical) is named and recorded as such; counts of what was done."""
+    anneal (categorical) is named and recorded as such. Then the data's generating model's
+    record where the profile's dataset has one (``bench.evaluation.oracle``); counts of what was
+    done."""
     from .profile import grid
     from .runner import rebuild_weights
 
@@ -290,4 +292,6 @@ def attach_all(profile, results: Path, data_dir: str | None = None,
             print(f"vae-bench: {label}: AIS does not apply ({e})", file=sys.stderr)
             key = "ais not applicable"
         counts[key] = counts.get(key, 0) + 1
+    from ..evaluation import oracle  # the data's own likelihood, where its generator is known
+    counts.update(oracle.attach(profile, results, data_dir, runs))
     return counts

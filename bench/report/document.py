@@ -14,7 +14,7 @@ from ..config import SUITE_VERSION
 from ..data.builtin import TEST_BINARIZATION_SEED
 from ..grid.profile import grid
 from ..grid.suite import Profile, runs_dir
-from . import posterior_space
+from . import generator, posterior_space
 from .compute import compute_section
 from .estimators import estimator_section
 from .figures import figures
@@ -256,6 +256,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
         "same statistic > 0.1, which a collapsed encoder's wobbling means do not clear. MI: "
         f"I_q(x; z) with the aggregate posterior pooled over the test split{_mi_bound(summary)}.",
     ]
+    gen = generator.section(summary, generator.read(results, profile.name, cfg.get("dataset", "")))
+    lines += ["", *gen[:-1]] if gen else []
     pm_lines, _ = posterior_space.section(profile, summary, runs_dir(results, profile),
                                           reports / profile.name)
     lines += ["", *pm_lines[:-1]] if pm_lines else []
