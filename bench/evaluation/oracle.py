@@ -91,6 +91,7 @@ def reference(name: str, ds, check_points: int = CHECK_POINTS, grid: dict | None
     points again on a grid twice as fine, wider, with a wider window."""
     from ..data import GENERATING_MODELS
     from ..evaluation.metrics import mean_se
+    from ..results import environment
 
     log_joint, log_prior, z_true = GENERATING_MODELS[name](ds)
     x = ds.test
@@ -113,6 +114,9 @@ def reference(name: str, ds, check_points: int = CHECK_POINTS, grid: dict | None
            "check": {"points": k, "grid": finer,
                      "max_abs_diff": diff.abs().max().item(), "mean_diff": diff.mean().item()},
            "per_point": {"log_px": q["log_px"].tolist()}}
+    env = environment("cpu", {}, {})
+    rec["env"] = {k: env.get(k) for k in ("git_commit", "git_dirty", "torch", "cpu_model",
+                                          "cpu_capability", "threads", "host")}
     rec["nll"], rec["nll_se"] = mean_se(-q["log_px"])
     rec["mi"], rec["mi_se"] = mean_se(log_px_given_z - q["log_px"])
     return rec
