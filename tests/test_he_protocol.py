@@ -54,6 +54,19 @@ def test_uniform_init_draws_he_et_al_s_ranges_from_the_seed():
         assert torch.equal(p, q) and not torch.equal(p, r), n
 
 
+def test_uniform_init_keeps_a_variant_s_frozen_constant():
+    """BN-VAE's fixed BN scale gamma is a constant of the method: U(-0.01, 0.01) for it (the
+    synthetic profile's bn-vae runs before this fix) left gamma ~ 0.001 and no KL floor."""
+    cfg = resolve(apply_overrides(RunConfig(), {
+        "dataset": "synthetic-lstm", "model.decoder": "lstm", "model.latent_dim": 1,
+        "model.embedding_dim": 8, "model.lstm_hidden": 8, "model.init": "uniform",
+        "variant": "bn-vae", "hparams.gamma": 0.7}))
+    model = build_model(cfg, _Tokens())[0]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert len(frozen) == 1 and torch.equal(frozen[0], torch.full_like(frozen[0], 0.7))
+    assert all(p.abs().max() <= 0.1 for p in model.parameters() if p.requires_grad)
+
+
 class _Tokens:
     """What build_model reads of the synthetic-lstm dataset, without generating it."""
     input_dim, likelihood, vocab_size = 10, "categorical", 1000

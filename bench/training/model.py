@@ -77,13 +77,17 @@ def build_model(cfg: RunConfig, dataset: builtin.Dataset,
 
 def uniform_init(model: VAE) -> None:
     """He et al. 2019's text and synthetic models (jxhe/vae-lagging-encoder, ``toy.py``,
-    ``text.py`` and the LSTM modules' ``reset_parameters``): every parameter, biases included,
-    U(-0.01, 0.01), then every embedding table U(-0.1, 0.1); drawn in parameter order from the
-    seed's init stream (the caller's generator state)."""
+    ``text.py`` and the LSTM modules' ``reset_parameters``): every trainable parameter, biases
+    included, U(-0.01, 0.01), then every embedding table U(-0.1, 0.1); drawn in parameter order
+    from the seed's init stream (the caller's generator state). A variant's frozen parameter
+    (``requires_grad`` off: BN-VAE's fixed scale gamma) is a constant of the method and keeps its
+    value, as in Zhu et al.'s text encoder (valdersoul/bn-vae ``modules/encoders/enc_lstm.py``:
+    the BN weight filled with gamma, not re-initialized)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
         for p in model.parameters():
-            p.uniform_(-0.01, 0.01)
+            if p.requires_grad:
+                p.uniform_(-0.01, 0.01)
         for layer in model.modules():
             if isinstance(layer, torch.nn.Embedding):
                 layer.weight.uniform_(-0.1, 0.1)
