@@ -173,6 +173,13 @@ def ensure_writable(directory: Path) -> None:
                       str(directory)) from None
 
 
+def write_json(path: Path, record: dict) -> None:
+    """``record`` as JSON at ``path``, whole or not at all (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def read_json(path: Path) -> dict:
     """The JSON document at ``path``; ValueError for a path that is there but not a regular
     file (a FIFO would block the reader forever, a directory or device is no record)."""

@@ -18,9 +18,7 @@ and records how far apart the two are.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -90,8 +88,8 @@ def reference(name: str, ds, check_points: int = CHECK_POINTS, grid: dict | None
     each sequence's generating z, the quadrature's checks, and the first ``check_points``
     points again on a grid twice as fine, wider, with a wider window."""
     from ..data import GENERATING_MODELS
-    from ..evaluation.metrics import mean_se
     from ..results import environment
+    from .metrics import mean_se
 
     log_joint, log_prior, z_true = GENERATING_MODELS[name](ds)
     x = ds.test
@@ -131,6 +129,7 @@ def attach(profile, results: Path, data_dir: str | None, runs: list) -> dict:
     whose generator is known (``bench.data.GENERATING_MODELS``), where it is missing; written
     whole or not at all."""
     from ..data import GENERATING_MODELS, load
+    from ..results import write_json
 
     counts = {}
     for name in sorted({run.config.dataset for _, run in runs} & set(GENERATING_MODELS)):
@@ -141,8 +140,6 @@ def attach(profile, results: Path, data_dir: str | None, runs: list) -> dict:
               "(quadrature)", file=sys.stderr)
         rec = reference(name, load(name, data_dir))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_json(path, rec)
         counts["generator reference done"] = counts.get("generator reference done", 0) + 1
     return counts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from variants.latents import GaussianLatent
 from ..evaluation import ais as ais_mod
 from ..evaluation.metrics import encode, mean_se, nll_is_points
 from ..machine import numerics
+from ..results import write_json
 from ..seeding import generator
 
 RECORD_PREFIX = "ais-"
@@ -75,12 +75,6 @@ def read_record(run_dir: Path, name: str) -> dict | None:
         return None
     return record if isinstance(record, dict) and ("nll_ais" in record or "skipped" in record) \
         else None
-
-
-def _write(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def compute(model, cfg, x_test: torch.Tensor, settings: ais_mod.AISSettings, points: int,
@@ -194,7 +188,7 @@ def evaluate_ais(run_dir: Path, data_dir: str | None = None, force: bool = False
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     record["run_id"] = metrics.get("run_id")
     record["suite_version"] = metrics.get("suite_version")
-    _write(path, record)
+    write_json(path, record)
     return path, record
 
 
@@ -287,7 +281,7 @@ def attach_all(profile, results: Path, data_dir: str | None = None,
             key = "ais done"
         except NotAnnealable as e:  # recorded, so that the next pass does not try again
             settings, points, bdmc_points = settings_of(ev)
-            _write(path / record_name(settings, points, ev.seed, bdmc_points),
+            write_json(path / record_name(settings, points, ev.seed, bdmc_points),
                    {"kind": "ais", "skipped": str(e), "nll_ais": None})
             print(f"vae-bench: {label}: AIS does not apply ({e})", file=sys.stderr)
             key = "ais not applicable"

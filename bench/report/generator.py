@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation.oracle import record_path
 from .tables import _fmt, config_name, markdown
 
 
+def _sd(a: np.ndarray) -> float:
+    return a.std(ddof=1) if len(a) > 1 else np.nan
+
+
 def read(results: Path, profile: str, dataset: str) -> dict | None:
-    path = Path(results) / profile / f"generator-{dataset}.json"
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(record_path(results, profile, dataset).read_text())
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) and rec.get("kind") == "generator" else None
@@ -34,11 +38,10 @@ def section(summary: pd.DataFrame, rec: dict | None) -> list[str]:
         nll = part[col].astype(float).to_numpy()
         mi = part["mutual_info"].astype(float).to_numpy() if "mutual_info" in part \
             else np.full(len(part), np.nan)
-        sd = lambda a: a.std(ddof=1) if len(a) > 1 else np.nan  # noqa: E731
         rows.append({"configuration": config_name(label), "seeds": len(part),
-                     "NLL": f"{_fmt(nll.mean(), sd(nll), 2)} ({'exact' if col == 'nll_exact' else 'IS'})",
-                     "above the generator": _fmt(nll.mean() - rec["nll"], sd(nll), 2),
-                     "I_q(x; z) of the encoder": _fmt(mi.mean(), sd(mi), 2)})
+                     "NLL": f"{_fmt(nll.mean(), _sd(nll), 2)} ({'exact' if col == 'nll_exact' else 'IS'})",
+                     "above the generator": _fmt(nll.mean() - rec["nll"], _sd(nll), 2),
+                     "I_q(x; z) of the encoder": _fmt(mi.mean(), _sd(mi), 2)})
     check = rec["check"]
     text = (f"The test sequences come from a known model: under their own generating model "
             f"(its 2-d latent integrated by adaptive quadrature, bench/evaluation/oracle.py) "
