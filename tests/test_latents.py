@@ -42,6 +42,44 @@ def test_gaussian_log_prob_and_pairwise_agree_with_normal():
     torch.testing.assert_close(pair, ref_pair, rtol=1e-10, atol=1e-10)
 
 
+def test_pairwise_log_prob_of_narrow_posteriors_far_from_zero_is_exact():
+    # sigma 1e-13 at |mu| up to 80 (an MMD encoder on synthetic-lstm): the matmul expansion's
+    # terms are ~1e29 and cancel to ~1; its rows fall back to the direct form, which must agree
+    # with torch.distributions' (z - mu) / sigma to 1e-9 nats, and the own point's density must
+    # stay the largest (it was lost to cancellation: I_q came out as -2e7 nats)
+    g = torch.Generator().manual_seed(4)
+    mu = 80 * torch.rand(50, 1, generator=g, dtype=torch.float64) - 40
+    q = GaussianLatent(1).posterior(torch.cat([mu, torch.full_like(mu, -60.0)], -1))
+    z = q.sample(1, g)[0]
+    ref = Normal(q.mu, torch.exp(0.5 * q.logvar)).log_prob(z[:, None]).sum(-1)
+    pair = q.pairwise_log_prob(z)
+    own = pair.diagonal()
+    torch.testing.assert_close(own, ref.diagonal(), rtol=0, atol=1e-9)
+    assert torch.all(pair <= own[:, None])
+    far = ref < -1e6  # the others, many sigmas away: hugely negative, as the reference
+    assert torch.all(pair[far] < -1e6)
+
+
+def test_pairwise_log_prob_keeps_the_matmul_form_where_it_is_accurate():
+    # a well-conditioned posterior is computed exactly as before the fallback existed (so the
+    # committed records' mutual information is unchanged bit for bit)
+    q = gaussian_posterior(b=40, d=8)
+    z = q.sample(1, torch.Generator().manual_seed(5))[0]
+    prec = torch.exp(-q.logvar)
+    quad = (z**2) @ prec.T - 2 * z @ (q.mu * prec).T + (q.mu**2 * prec).sum(-1)
+    expanded = -0.5 * (quad + (q.logvar + math.log(2 * math.pi)).sum(-1))
+    assert torch.equal(q.pairwise_log_prob(z), expanded)
+
+
+def test_mutual_info_of_distinct_point_masses_is_log_n():
+    # every encoder a near point mass at its own mean: I_q(x; z) = log N, the estimator's bound
+    from bench.evaluation.metrics import mutual_info
+    mu = torch.linspace(-30, 30, 200, dtype=torch.float64)[:, None]
+    q = GaussianLatent(1).posterior(torch.cat([mu, torch.full_like(mu, -50.0)], -1))
+    mi = mutual_info(q, torch.Generator().manual_seed(0))
+    assert abs(mi["mutual_info"] - math.log(200)) < 1e-9
+
+
 def categorical_posterior(b=5, n=3, c=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     return CategoricalLatent(n, c).posterior(torch.randn(b, n * c, generator=g,
