@@ -83,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from .grid.attached import attach_all, pending_records
+    from .grid.attached import attach_all, pending_line
     from .grid.profile import only
     from .grid.suite import dry_run, grid, load_profile, run_suite, with_variants
 
@@ -96,17 +96,17 @@ def cmd_suite(args: argparse.Namespace) -> int:
             print(f"{r['label']:{width}}  s{r['seed']:<3} {r['status']:9}  {r['run']}"
                   + (f"  ({r['why']})" if r.get("why") else ""))
         print(line)
-        todo, asked = pending_records(profile, Path(args.results), runs)
-        if asked:
-            bare = sum(not (p / "model.pt").is_file() for _, p in todo)
-            print(f"AIS (eval.ais_points): {len(todo)} finished runs lack their record"
-                  + (f" ({bare} without weights: trained again first)" if bare else "")
-                  + "; runs still to train get theirs after the grid")
+        for text in pending_line(profile, Path(args.results), runs):
+            print(text)
         return 0
-    counts = {} if args.ais_only else run_suite(
+    counts: dict = {}
+    add = lambda more: counts.update({k: counts.get(k, 0) + v for k, v in more.items()})  # noqa: E731
+    each = lambda names: add(attach_all(profile, Path(args.results), args.data_dir,  # noqa: E731
+                                        [r for r in runs if r[1].name in names], False))
+    add({} if args.ais_only else run_suite(
         profile, Path(args.results), args.jobs, args.data_dir, backend=args.backend,
-        ray_address=args.ray_address, runs=runs, stack=args.stack)
-    counts.update(attach_all(profile, Path(args.results), args.data_dir, runs))
+        ray_address=args.ray_address, runs=runs, stack=args.stack, each=each))
+    add(attach_all(profile, Path(args.results), args.data_dir, runs))
     print(json.dumps(counts, sort_keys=True))
     return 1 if any(k.startswith("failed") for k in counts) else 0
 
@@ -308,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
                    "configuration's runs (and their AIS records); the rest stay pending")
     s.add_argument("--ais-only", action="store_true",
                    help="train nothing: only the AIS records (eval.ais_points) that finished "
-                        "runs lack (the suite computes them after its grid anyway)")
+                        "runs lack (the suite computes them after each run anyway)")
     s.set_defaults(func=cmd_suite)
 
     rep = sub.add_parser("report", help="summary.csv, tables and figures from a profile's runs")

@@ -258,6 +258,28 @@ def test_suite_attaches_ais_after_the_grid_and_the_report_reads_it(tmp_path, cap
     assert "Conclusions that change with the estimator" in text
 
 
+def test_suite_attaches_each_unit_s_ais_as_soon_as_it_finished(tmp_path, capsys, monkeypatch):
+    # one local job: a unit's records are made right after it, while its weights are surely
+    # there (a working period may end, or the machine change, before the grid does)
+    from bench.grid import attached
+
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(TINY_PROFILE)
+    results = tmp_path / "results"
+    seen, real = [], attached.evaluate_ais
+
+    def spy(path, *args, **kwargs):
+        seen.append(len(list(results.glob("tiny/runs/*/metrics.json"))))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(attached, "evaluate_ais", spy)
+    assert main(["suite", "--profile", str(profile), "--results", str(results),
+                 "--stack", "off"]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["ok"] == 4 and counts["ais done"] == 4
+    assert seen == [1, 2, 3, 4]  # each run's record before the next run trains
+
+
 def test_ais_on_two_stochastic_layers_recovers_the_closed_form():
     # the joint latent (h1, h2), q(h2|h1) through a network: every gradient by autograd
     from test_two_layers import linear_model, sample_data

@@ -251,15 +251,27 @@ def pending_records(profile, results: Path,
     return out, asked
 
 
+def pending_line(profile, results: Path, runs: list | None = None) -> list[str]:
+    """The dry run's line on AIS records (none where the profile asks for none)."""
+    todo, asked = pending_records(profile, results, runs)
+    if not asked:
+        return []
+    bare = sum(not (p / "model.pt").is_file() for _, p in todo)
+    return [f"AIS (eval.ais_points): {len(todo)} finished runs lack their record"
+            + (f" ({bare} without weights: trained again first)" if bare else "")
+            + "; runs still to train get theirs as each finishes (one local job), else after "
+            "the grid"]
+
+
 def attach_all(profile, results: Path, data_dir: str | None = None,
-               runs: list | None = None) -> dict:
-    """After the grid: the AIS record of every finished run that lacks the one its profile asks
+               runs: list | None = None, generating_model: bool = True) -> dict:
+    """The AIS record of every finished run (of ``runs``) that lacks the one its profile asks
     for, one run at a time (each written when done, so an interrupted pass resumes). A run
     without weights (a committed record) is trained again first (``runner.rebuild_weights``: its
     weights are kept only if its metrics equal the record's). A run whose latent AIS cannot
     anneal (categorical) is named and recorded as such. Then the data's generating model's
-    record where the profile's dataset has one (``bench.evaluation.oracle``); counts of what was
-    done."""
+    record where the profile's dataset has one (``bench.evaluation.oracle``) unless
+    ``generating_model`` is off (the suite's pass after each run); counts of what was done."""
     from .profile import grid
     from .runner import rebuild_weights
 
@@ -286,6 +298,7 @@ def attach_all(profile, results: Path, data_dir: str | None = None,
             print(f"vae-bench: {label}: AIS does not apply ({e})", file=sys.stderr)
             key = "ais not applicable"
         counts[key] = counts.get(key, 0) + 1
-    from ..evaluation import oracle  # the data's own likelihood, where its generator is known
-    counts.update(oracle.attach(profile, results, data_dir, runs))
+    if generating_model:
+        from ..evaluation import oracle  # the data's own likelihood, where its generator is known
+        counts.update(oracle.attach(profile, results, data_dir, runs))
     return counts

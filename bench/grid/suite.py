@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -213,13 +214,25 @@ def packing_line(units: list[list[ResolvedRun]], alone: dict[str, str]) -> str:
             + (f" ({reasons})" if reasons else ""))
 
 
+def _one_by_one(units: list[list], out: Path, data_dir: str | None,
+                each: Callable[[list[str]], None]):
+    """The statuses of ``units`` trained in this process, calling ``each`` after every unit."""
+    for unit in units:
+        yield from _local([unit], out, data_dir, 1)
+        each([run.name for run in unit])
+
+
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
               progress: bool | None = None, backend: str = "local",
               ray_address: str | None = None,
-              runs: Runs | None = None, stack: str | None = None) -> dict:
+              runs: Runs | None = None, stack: str | None = None,
+              each: Callable[[list[str]], None] | None = None) -> dict:
     """Run every missing grid point on a backend; return counts of what was done. The seeds of
     a configuration train stacked (``bench.grid.stack``) unless ``stack`` (default: the
-    profile's) is ``off``; a line on stderr says how the runs were packed."""
+    profile's) is ``off``; a line on stderr says how the runs were packed. ``each`` is called
+    with the run names of every grid unit (a run, or a stack) as soon as it finished, where one
+    job trains in this process (the local backend, ``jobs`` 1): a run's attached evaluations
+    then use its weights before anything else can lose them."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     out = runs_dir(results, profile)
@@ -246,7 +259,8 @@ def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | No
         if stage is todo or i > 0:
             print(f"vae-bench: {packing_line(units, alone)}", file=sys.stderr)
         statuses = _ray(units, out, data_dir, ray_address) if backend == "ray" \
-            else _local(units, out, data_dir, jobs)
+            else _local(units, out, data_dir, jobs) if each is None or jobs > 1 or \
+            (i == 0 and stage is not todo) else _one_by_one(units, out, data_dir, each)
         for status in statuses:
             if i == 0 and stage is not todo:  # a pretrained decoder, not a grid point
                 counts[f"pretrained decoders {status}"] += 1
