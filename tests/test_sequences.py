@@ -343,12 +343,16 @@ def test_the_report_says_which_encoders_follow_and_which_lag():
 
     from bench.report.posterior_space import reading
 
-    last = {"a0": 0.9, "a1": 0.8, "b0": 0.0, "b1": 0.1, "c0": 0.7, "c1": 0.2}
+    # (slope, correlation) at the last epoch; d: means that spread without following (an MMD
+    # encoder on synthetic-lstm: slope 7, correlation 0.24)
+    last = {"a0": (0.9, 0.95), "a1": (0.8, 0.9), "b0": (0.0, 0.1), "b1": (0.1, 0.0),
+            "c0": (0.7, 0.9), "c1": (0.2, 0.9), "d0": (7.0, 0.24), "d1": (3.0, 0.3)}
     ok = pd.DataFrame({"label": [r[0] for r in last], "run": list(last)})
-    histories = {r: pd.DataFrame({"val_pm_slope": [0.0, v]}) for r, v in last.items()}
+    histories = {r: pd.DataFrame({"val_pm_slope": [0.0, v[0]], "val_pm_corr": [0.0, v[1]]})
+                 for r, v in last.items()}
     text = " ".join(reading(ok, histories))
-    assert "every seed: `a`" in text and "lags in every seed: `b`" in text
-    assert "disagree: `c`" in text
+    assert "posterior in every seed: `a`;" in text and "lags in every seed: `b`" in text
+    assert "disagree: `c`" in text and "(correlation below 0.5) in every seed: `d`" in text
 
 
 def test_a_trained_model_whose_encoder_can_be_exact_catches_up(tmp_path):

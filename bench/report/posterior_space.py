@@ -67,20 +67,24 @@ def _inside_first_epoch(hs: list[pd.DataFrame]) -> str:
 
 
 def reading(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:
-    """Which configurations' encoders follow the model's posterior at the last epoch (slope ≥
-    CAUGHT_UP in every seed), which lag (below it in every seed), where the seeds disagree."""
-    groups: dict[str, list[str]] = {"follow": [], "lag": [], "split": []}
+    """Which configurations' encoders follow the model's posterior at the last epoch (slope and
+    correlation ≥ CAUGHT_UP in every seed), which lag (slope below it in every seed), whose means
+    move without following it (slope above, correlation below), where the seeds disagree."""
+    groups: dict[str, list[str]] = {"follow": [], "lag": [], "apart": [], "split": []}
     for label in dict.fromkeys(ok["label"]):
-        last = [histories[r]["val_pm_slope"].iloc[-1] for r in ok.loc[ok["label"] == label, "run"]
-                if r in histories]
-        if last:
-            up = [float(v) >= CAUGHT_UP for v in last]
-            groups["follow" if all(up) else "lag" if not any(up) else "split"].append(
-                f"`{config_name(label)}`")
+        last = [histories[r][["val_pm_slope", "val_pm_corr"]].iloc[-1]
+                for r in ok.loc[ok["label"] == label, "run"] if r in histories]
+        if last:  # a slope without correlation is means that move, but not with the posterior
+            kind = ["lag" if not float(v["val_pm_slope"]) >= CAUGHT_UP else "follow"
+                    if float(v["val_pm_corr"]) >= CAUGHT_UP else "apart" for v in last]
+            groups[kind[0] if len(set(kind)) == 1 else "split"].append(f"`{config_name(label)}`")
     say = {"follow": "the encoder follows the model's posterior in every seed",
-           "lag": "it lags in every seed", "split": "the seeds disagree"}
+           "lag": "it lags in every seed", "apart": f"its means move (slope ≥ {CAUGHT_UP}) but "
+           f"not with the model's posterior (correlation below {CAUGHT_UP}) in every seed",
+           "split": "the seeds disagree"}
     parts = [f"{say[k]}: {', '.join(v)}" for k, v in groups.items() if v]
-    return [f"At the last epoch (slope ≥ {CAUGHT_UP} or not): " + "; ".join(parts) + ".", ""] \
+    return [f"At the last epoch (slope and correlation ≥ {CAUGHT_UP} or not): " + "; ".join(parts)
+            + ".", ""] \
         if parts else []
 
 
