@@ -280,6 +280,21 @@ def test_suite_attaches_each_unit_s_ais_as_soon_as_it_finished(tmp_path, capsys,
     assert seen == [1, 2, 3, 4]  # each run's record before the next run trains
 
 
+def test_a_failing_attached_record_does_not_end_the_grid(tmp_path, capsys):
+    from bench.grid.suite import load_profile, run_suite
+
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(TINY_PROFILE)
+
+    def each(names):
+        raise RuntimeError("planted")
+
+    counts = run_suite(load_profile(str(profile)), tmp_path / "r", progress=False, stack="off",
+                       each=each)
+    assert counts["ok"] == 4
+    assert capsys.readouterr().err.count("RuntimeError: planted (tried again after the grid)") == 4
+
+
 def test_ais_on_two_stochastic_layers_recovers_the_closed_form():
     # the joint latent (h1, h2), q(h2|h1) through a network: every gradient by autograd
     from test_two_layers import linear_model, sample_data

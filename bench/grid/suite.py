@@ -216,10 +216,16 @@ def packing_line(units: list[list[ResolvedRun]], alone: dict[str, str]) -> str:
 
 def _one_by_one(units: list[list], out: Path, data_dir: str | None,
                 each: Callable[[list[str]], None]):
-    """The statuses of ``units`` trained in this process, calling ``each`` after every unit."""
+    """The statuses of ``units`` trained in this process, calling ``each`` after every unit; what
+    ``each`` raises never ends the grid (the pass after the grid tries again)."""
     for unit in units:
         yield from _local([unit], out, data_dir, 1)
-        each([run.name for run in unit])
+        try:
+            each([run.name for run in unit])
+        except Exception as e:  # noqa: BLE001 - an attached record, not a run: the grid goes on
+            first = (str(e).strip().splitlines() or [""])[0]
+            print(f"vae-bench: warning: attached records of {unit[0].name}: "
+                  f"{type(e).__name__}: {first} (tried again after the grid)", file=sys.stderr)
 
 
 def run_suite(profile: Profile, results: Path, jobs: int = 1, data_dir: str | None = None,
