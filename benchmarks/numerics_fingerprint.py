@@ -28,7 +28,7 @@ import bench  # noqa: E402,F401,I001  (sets the numerics mode before torch loads
 import torch  # noqa: E402
 
 from bench.machine import numerics  # noqa: E402
-from bench.results import environment  # noqa: E402
+from bench.results import environment, write_json  # noqa: E402
 
 
 def digest(*tensors: torch.Tensor) -> str:
@@ -89,6 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--against", type=Path, help="another CPU's fingerprint: list what differs")
     args = ap.parse_args()
+    other = json.loads(args.against.read_text()) if args.against else None  # before it is rewritten
     numerics.apply(numerics.active())
     env = environment("cpu", False, {})
     ops = operations()
@@ -98,10 +99,9 @@ def main() -> int:
     slug = re.sub(r"[^a-z0-9]+", "-", str(env.get("cpu_model")).lower()).strip("-")
     path = ROOT / "results" / "numerics" / f"fingerprint-{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_json(path, record)
     print(f"{len(ops)} operations on {env.get('cpu_model')}: {path}")
-    if args.against:
-        other = json.loads(args.against.read_text())
+    if other is not None:
         differ = [k for k, v in ops.items() if other["operations"].get(k) != v]
         print(f"against {other['cpu_model']}: {len(differ)} of {len(ops)} differ"
               + "".join(f"\n  {k}" for k in differ))

@@ -119,13 +119,12 @@ class GaussianPosterior:
         # (D + 3) eps sum_d (|z_a| + |mu_b|)^2 / v_b (a sum of D products, Higham's gamma_n);
         # the rows where that bound exceeds PAIRWISE_TOL nats are computed directly instead.
         prec = torch.exp(-self.logvar)  # (B, D)
-        z2 = (z**2) @ prec.T
-        quad = z2 - 2 * z @ (self.mu * prec).T + (self.mu**2 * prec).sum(-1)
-        scale = z2 + 2 * z.abs() @ (self.mu.abs() * prec).T + (self.mu**2 * prec).sum(-1)
+        z2, m2 = (z**2) @ prec.T, (self.mu**2 * prec).sum(-1)
+        quad = z2 - 2 * z @ (self.mu * prec).T + m2
+        scale = z2 + 2 * z.abs() @ (self.mu.abs() * prec).T + m2
         bound = 0.5 * (z.shape[-1] + 3) * torch.finfo(quad.dtype).eps * scale
         bad = (bound > PAIRWISE_TOL).any(-1).nonzero().flatten()
         if len(bad):
-            quad = quad.clone()
             step = max(1, 2**24 // max(1, self.mu.numel()))  # rows at a time: <= 2^24 elements
             for i in range(0, len(bad), step):
                 rows = bad[i:i + step]

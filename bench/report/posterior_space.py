@@ -66,6 +66,14 @@ def _inside_first_epoch(hs: list[pd.DataFrame]) -> str:
     return ", ".join(f"{k}: {np.mean(v):.2f}" for k, v in sorted(snaps.items()))
 
 
+def _kind(slope: float, corr: float) -> str:
+    """One run's last epoch: lag (slope below CAUGHT_UP, or NaN), follow (slope and correlation
+    at least CAUGHT_UP), or apart (means that move, but not with the model's posterior)."""
+    if not slope >= CAUGHT_UP:
+        return "lag"
+    return "follow" if corr >= CAUGHT_UP else "apart"
+
+
 def reading(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:
     """Which configurations' encoders follow the model's posterior at the last epoch (slope and
     correlation ≥ CAUGHT_UP in every seed), which lag (slope below it in every seed), whose means
@@ -74,9 +82,8 @@ def reading(ok: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:
     for label in dict.fromkeys(ok["label"]):
         last = [histories[r][["val_pm_slope", "val_pm_corr"]].iloc[-1]
                 for r in ok.loc[ok["label"] == label, "run"] if r in histories]
-        if last:  # a slope without correlation is means that move, but not with the posterior
-            kind = ["lag" if not float(v["val_pm_slope"]) >= CAUGHT_UP else "follow"
-                    if float(v["val_pm_corr"]) >= CAUGHT_UP else "apart" for v in last]
+        if last:
+            kind = [_kind(float(v["val_pm_slope"]), float(v["val_pm_corr"])) for v in last]
             groups[kind[0] if len(set(kind)) == 1 else "split"].append(f"`{config_name(label)}`")
     say = {"follow": "the encoder follows the model's posterior in every seed",
            "lag": "it lags in every seed", "apart": f"its means move (slope ≥ {CAUGHT_UP}) but "
