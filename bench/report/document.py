@@ -21,7 +21,7 @@ from .figures import figures
 from .paired import paired_table, reading
 from .records import PRINTED, load_run, summarize
 from .screening import screening_reading, screening_table
-from .tables import main_table, markdown, published_table, reference_section, stage_table
+from .tables import config_name, main_table, markdown, published_table, reference_section, stage_table
 from .timing import throughput_section
 from .verdicts import verdict_lines
 
@@ -180,6 +180,11 @@ def _screening_section(profile: Profile, summary: pd.DataFrame, results: Path) -
                        f": run `vae-bench suite --profile {name}` to compare.", ""]
     table = screening_table(summary, screen, profile.baseline, (name, profile.name))
     if table.empty:
+        labels = [set(s["label"].map(config_name)) for s in (summary, screen)]
+        shared = labels[0] & labels[1] - {profile.baseline}
+        if shared:  # a grid in progress: no shared configuration has finished runs in both yet
+            return head + [f"None of the {len(shared)} configurations `{name}` and `{profile.name}` "
+                           f"share besides `{profile.baseline}` has finished runs in both yet.", ""]
         return head + [f"`{name}` and `{profile.name}` share no configuration.", ""]
     return head + [
         f"Each configuration's paired difference with `{profile.baseline}` (mean over seeds; * "
