@@ -28,6 +28,8 @@ def one_line(argv, capsys, code=2) -> str:
      "unknown [profile] key 'seed'; allowed: baseline, budget, collapse_kl"),
     ('[profile]\ncollapse_kl = 0\n[[config]]\nlabel = "a"\nvariant = "vae"\n',
      "collapse_kl=0 is invalid; allowed: a number of nats > 0"),
+    ('[profile]\ncontrol = { profile = "trained" }\n[[config]]\nlabel = "a"\nvariant = "vae"\n',
+     "is invalid; allowed: a table with profile (another profile's name), group"),
 ])
 def test_profile_mistakes_end_in_one_line(tmp_path, capsys, text, message):
     path = tmp_path / "p.toml"

@@ -226,3 +226,38 @@ def test_the_wall_time_line_takes_the_runs_in_the_suites_submission_order():
     # configuration means of training + evaluation: a 1.5, b 4, c 2.5: b, then c, then a, each
     # in summary order; the seconds scheduled include the diagnostics
     assert submission_order(frame) == [4.5, 3.5, 2.5, 1.5, 2.5]
+
+
+def test_control_table_reads_how_far_the_cap_left_each_configuration(tmp_path):
+    from bench.report.control import control_table
+    rows = []
+    for c, seed, stop, curve in (("vae", 0, "cap", [10.0, 8.0, 7.0, 6.4, 6.1]),
+                                 ("vae", 1, "cap", [12.0, 9.0, 8.0, 7.4, 6.5]),
+                                 ("floor", 0, "decays", [5.0, 4.0, 4.5])):
+        run = tmp_path / f"{c}{seed}"
+        run.mkdir()
+        pd.DataFrame({"epoch": range(1, len(curve) + 1), "val_neg_elbo": curve}
+                     ).to_csv(run / "history.csv", index=False)
+        rows.append({"label": f"g / {c}", "group": "g", "seed": seed, "status": "ok",
+                     "run": run.name, "stop_reason": stop, "stopped_epoch": len(curve),
+                     "nll_is": 90.0 + seed})
+    rows.append({"label": "h / vae", "group": "h", "status": "ok"})  # another group: left out
+    table = control_table(pd.DataFrame(rows), tmp_path, "g").set_index("configuration")
+    assert list(table.index) == ["vae", "floor"]
+    vae, floor = table.loc["vae"], table.loc["floor"]
+    assert vae["by the rule"] == "0/2" and floor["by the rule"] == "1/1"
+    assert vae["val @1"] == "11.00" and vae["val @5"] == "6.30"  # the mean of 6.1 and 6.5
+    assert floor["val @3"] == "4.50" and floor["val @5"] == "-"  # it stopped at epoch 3
+    # the capped runs' fall per epoch over their last 3: (8 - 6.1) / 3, (9 - 6.5) / 3; median
+    assert vae["still falling /epoch"] == f"{((8 - 6.1) / 3 + (9 - 6.5) / 3) / 2:+.2f}"
+    assert floor["still falling /epoch"] == "-" and vae["NLL (IS)"] == "90.50 ± 0.71"
+
+
+def test_a_control_group_the_other_profile_lacks_is_refused(tmp_path):
+    from bench.report.control import control_section
+    from variants.errors import ConfigError
+    path = tmp_path / "p.toml"
+    path.write_text('[profile]\ncontrol = { profile = "trained", group = "nope" }\n'
+                    '[[config]]\nlabel = "a"\nvariant = "vae"\n')
+    with pytest.raises(ConfigError, match="not a group of 'trained'; allowed: mlp, made-lagging"):
+        control_section(load_profile(str(path)), tmp_path)

@@ -10,8 +10,10 @@ merges the parent's ``[profile]`` and ``[defaults]`` and keeps its configuration
 published numbers) unless the child lists its own. ``[profile]`` may also name ``reuse``
 (profiles whose finished runs are copied in), ``columns`` (more metrics in the main table),
 ``screening`` (a quicker profile of the same configurations that the report reads beside it),
-``stack`` / ``stack_size`` (seeds trained together: ``bench.grid.stack``) and ``collapse_kl``
-(the KL in nats below which the report reads a configuration as collapsed; 1).
+``stack`` / ``stack_size`` (seeds trained together: ``bench.grid.stack``), ``collapse_kl``
+(the KL in nats below which the report reads a configuration as collapsed; 1) and ``control``
+(``{profile, group, note}``: a group of another profile's grid that the report shows as this
+one's control, with how its runs stopped: bench/report/control.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 RESERVED = {"label", "variant"}
 #: the keys of a profile's [profile] table
 PROFILE_KEYS = {"description", "seeds", "budget", "baseline", "floor", "columns", "reuse",
-                "screening", "stack", "stack_size", "collapse_kl"}
+                "screening", "stack", "stack_size", "collapse_kl", "control"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Profile:
     #: the report's collapse line: a mean KL below this many nats reads as collapsed (1 nat for
     #: the image grids; a 1-d latent's whole use of z can be less)
     collapse_kl: float = 1.0
+    #: (profile, group, note): a group of another profile the report shows as a control
+    control: tuple[str, str, str] = ()
 
 
 def profile_names() -> list[str]:
@@ -186,6 +190,15 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
             collapse_kl > 0):
         raise ConfigError(f"profile {name!r}: collapse_kl={collapse_kl!r} is invalid; allowed: a "
                           "number of nats > 0")
+    control = meta.get("control", {})
+    if not isinstance(control, dict) or (control and (
+            set(control) - {"profile", "group", "note"} or not all(
+                isinstance(control.get(k), str) and control.get(k) for k in ("profile", "group"))
+            or not isinstance(control.get("note", ""), str) or control["profile"] == name)):
+        raise ConfigError(f"profile {name!r}: control={control!r} is invalid; allowed: a table "
+                          "with profile (another profile's name), group (one of its groups) and "
+                          "an optional note")
+    control = (control["profile"], control["group"], control.get("note", "")) if control else ()
     labels = [c["label"] for c in configs]
     for key in ("baseline", "floor"):
         if meta.get(key) and meta[key] not in labels:
@@ -194,7 +207,7 @@ def load_profile(name_or_path: str, _chain: tuple[str, ...] = ()) -> Profile:
     return Profile(name, meta.get("description", ""), tuple(seeds), meta.get("budget", ""),
                    defaults, tuple(configs), tuple(published), tuple(groups),
                    meta.get("baseline", ""), meta.get("floor", ""), reference, tuple(reuse),
-                   tuple(columns), screening, stack, stack_size, float(collapse_kl))
+                   tuple(columns), screening, stack, stack_size, float(collapse_kl), control)
 
 
 def with_variants(profile: Profile, specs: list[str]) -> Profile:

@@ -16,6 +16,7 @@ from ..grid.profile import grid
 from ..grid.suite import Profile, runs_dir
 from . import generator, posterior_space
 from .compute import compute_section
+from .control import control_section
 from .estimators import estimator_section
 from .figures import figures
 from .paired import paired_table, reading
@@ -290,6 +291,8 @@ def render(profile: Profile, summary: pd.DataFrame, results: Path, figure_paths:
     lines += reference_section(profile)
     screening = _screening_section(profile, summary, results)
     lines += ["", *screening[:-1]] if screening else []
+    control = control_section(profile, results)
+    lines += ["", *control[:-1]] if control else []
     if "stop_reason" in summary and summary["stop_reason"].notna().any():  # long profiles
         lines += ["", *compute_section(summary, runs_dir(results, profile))]
     lines += ["", "## Throughput", "", throughput_section(Path(results))]
