@@ -283,3 +283,21 @@ def test_the_suite_submits_the_longest_runs_first(tmp_path, monkeypatch):
     assert counts["ok"] == 6
     assert submitted == [("beta", 0), ("beta", 1), ("iwae", 0), ("iwae", 1), ("vae", 0),
                          ("vae", 1)]
+
+
+def test_the_dry_run_estimates_unstarted_configurations_from_the_screening_profile(monkeypatch):
+    """A configuration without a finished seed gets the screening profile's seconds for it,
+    scaled by the median ratio over the configurations finished in both (a, b, c: 2, 3, 2.5)."""
+    from types import SimpleNamespace
+
+    import bench.grid.suite as suite
+    monkeypatch.setattr(suite, "load_profile", lambda name: name)
+    monkeypatch.setattr(suite, "cost_estimates",
+                        lambda p, results: {"a": 10.0, "b": 10.0, "c": 40.0, "d": 60.0})
+    seconds = {"a": [20.0, 20.0], "b": [30.0], "c": [100.0]}
+    line = suite.screening_estimate(SimpleNamespace(screening="s"), Path("r"), seconds,
+                                    ["d", "d", "e"])  # two runs of d, one of e (unknown there)
+    assert "about 5.0 min for 2 of those" in line and "median ratio 2.50x of the 3" in line
+    assert suite.screening_estimate(SimpleNamespace(screening=None), Path("r"), seconds,
+                                    ["d"]) == ""
+    assert suite.screening_estimate(SimpleNamespace(screening="s"), Path("r"), {}, ["d"]) == ""

@@ -173,6 +173,8 @@ def dry_run(profile: Profile, results: Path, runs: Runs | None = None,
     known = [sum(seconds[r["label"]]) / len(seconds[r["label"]]) for r in todo
              if r["label"] in seconds]
     names = {r["run"] for r in todo}
+    missing = [r["label"] for r in todo if r["label"] not in seconds]
+    screened = screening_estimate(profile, results, seconds, missing) if missing else ""
     units, alone = pack([run for _, run in runs if run.name in names], stack or profile.stack,
                         profile.stack_size)
     line = (f"{len(rows)} runs: {len(rows) - len(todo)} done"
@@ -182,8 +184,31 @@ def dry_run(profile: Profile, results: Path, runs: Runs | None = None,
             f"{sum(known) / 60:.1f} min for the {len(known)} of them whose configuration has a "
             f"finished seed" + (f", no estimate for {len(todo) - len(known)}"
                                 if len(todo) > len(known) else "")
-            + f"; {packing_line(units, alone)}" + stack_gain_note(units))
+            + screened + f"; {packing_line(units, alone)}" + stack_gain_note(units))
     return rows, line
+
+
+def screening_estimate(profile: Profile, results: Path, seconds: dict[str, list[float]],
+                       missing: list[str]) -> str:
+    """An estimate for ``missing`` (the pending runs' labels without a finished seed here, one
+    entry a run): the screening profile's seconds of the same label (its committed summary or
+    its finished runs), scaled by the median ratio of this profile's seconds to the screening's
+    over the labels finished in both (a profile with a higher cap trains longer); "" when there
+    is no screening profile or nothing to scale by."""
+    if not profile.screening:
+        return ""
+    screen = cost_estimates(load_profile(profile.screening), results)
+    ratios = sorted((sum(v) / len(v)) / screen[k] for k, v in seconds.items()
+                    if screen.get(k, 0) > 0)
+    covered = [k for k in missing if k in screen]
+    if not ratios or not covered:
+        return ""
+    mid = len(ratios) // 2
+    scale = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    total = sum(screen[k] for k in covered) * scale
+    return (f" (about {total / 60:.1f} min for {len(covered)} of those: `{profile.screening}`'s "
+            f"seconds of the same configuration times the median ratio {scale:.2f}x of the "
+            f"{len(ratios)} configurations finished in both)")
 
 
 def stack_gain_note(units: list[list[ResolvedRun]]) -> str:
