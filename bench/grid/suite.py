@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections import Counter
@@ -198,13 +199,11 @@ def screening_estimate(profile: Profile, results: Path, seconds: dict[str, list[
     if not profile.screening:
         return ""
     screen = cost_estimates(load_profile(profile.screening), results)
-    ratios = sorted((sum(v) / len(v)) / screen[k] for k, v in seconds.items()
-                    if screen.get(k, 0) > 0)
+    ratios = [(sum(v) / len(v)) / screen[k] for k, v in seconds.items() if screen.get(k, 0) > 0]
     covered = [k for k in missing if k in screen]
     if not ratios or not covered:
         return ""
-    mid = len(ratios) // 2
-    scale = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    scale = statistics.median(ratios)
     total = sum(screen[k] for k in covered) * scale
     return (f" (about {total / 60:.1f} min for {len(covered)} of those: `{profile.screening}`'s "
             f"seconds of the same configuration times the median ratio {scale:.2f}x of the "
